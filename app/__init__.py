@@ -1,0 +1,1 @@
+"""The smedit HTTP service: API, worker, persistence, queue, auth, metrics."""

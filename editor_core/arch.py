@@ -1,0 +1,86 @@
+"""Which modules of which model family are edited, and a uniform ``[in, out]`` view of their weights.
+
+GPT-2 stores MLP weights in ``Conv1D`` as ``[in, out]``; everything else (GPT-J, Llama, Qwen2,
+Gemma2, BERT-style decoders) uses ``nn.Linear`` with ``[out, in]``. The editor works in the
+``[in, out]`` convention throughout (a key row ``k`` maps to a value row ``k @ W``), so this module
+is the only place that knows the difference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Per family: a template for the edited module of layer i (MLP output / down projection: the
+# layers MEND, MALMEN and EMSEdit edit) and the config attribute holding the layer count.
+_FAMILIES: dict[str, tuple[str, str]] = {
+    "gpt2": ("transformer.h.{}.mlp.c_proj", "n_layer"),
+    "gptj": ("transformer.h.{}.mlp.fc_out", "n_layer"),
+    "gpt_neox": ("gpt_neox.layers.{}.mlp.dense_4h_to_h", "num_hidden_layers"),
+    "llama": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "mistral": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "qwen2": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "qwen3": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "gemma": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "gemma2": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "gemma3_text": ("model.layers.{}.mlp.down_proj", "num_hidden_layers"),
+    "bert": ("bert.encoder.layer.{}.output.dense", "num_hidden_layers"),
+}
+
+# MALMEN and EMSEdit edit the last 6 layers of GPT-J / GPT-2 XL; small models get their upper half.
+MAX_DEFAULT_LAYERS = 6
+
+
+def model_family(model: nn.Module) -> str:
+    """The ``model_type`` of a Hugging Face model (``gpt2``, ``llama``...)."""
+    config = getattr(model, "config", None)
+    family = getattr(config, "model_type", None)
+    if family is None:
+        raise ValueError("model has no config.model_type: pass the modules to edit explicitly")
+    return family
+
+
+def default_modules(model: nn.Module) -> list[str]:
+    """The modules edited by default: MLP output projections of the last layers."""
+    family = model_family(model)
+    if family not in _FAMILIES:
+        known = ", ".join(sorted(_FAMILIES))
+        raise ValueError(
+            f"no default edit modules for model family {family!r} (known: {known}); "
+            "name the modules to edit explicitly"
+        )
+    template, count_attr = _FAMILIES[family]
+    n_layers = int(getattr(model.config, count_attr))
+    n_edit = max(1, min(MAX_DEFAULT_LAYERS, n_layers // 2))
+    return [template.format(i) for i in range(n_layers - n_edit, n_layers)]
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """A submodule by dotted name, with an error listing close candidates when it is missing."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        leaf = name.rsplit(".", 1)[-1]
+        hints = [n for n, _ in model.named_modules() if n.endswith(leaf)][:5]
+        raise ValueError(f"model has no module {name!r}; similar: {hints}") from None
+
+
+def is_in_out(module: nn.Module) -> bool:
+    """True when the module stores its weight as ``[in, out]`` (GPT-2's ``Conv1D``)."""
+    if isinstance(module, nn.Linear):
+        return False
+    if type(module).__name__ == "Conv1D":
+        return True
+    raise TypeError(f"cannot edit a {type(module).__name__}: only nn.Linear and Conv1D are supported")
+
+
+def weight_in_out(module: nn.Module) -> torch.Tensor:
+    """The module's weight as an ``[in, out]`` view (shares storage with the parameter)."""
+    weight = module.weight
+    return weight if is_in_out(module) else weight.t()
+
+
+def weight_shape(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an editable module."""
+    d_in, d_out = weight_in_out(module).shape
+    return int(d_in), int(d_out)

@@ -1,0 +1,170 @@
+"""The evaluation harness: any editing method, same requests, same metrics.
+
+A method is just ``edit_fn(requests) -> Delta`` (SMEdit, MALMEN, FT-L, no-edit), so comparisons
+are like for like. ``batch_size`` n facts are edited at once; ``sequential`` T batches are applied
+one after another before measuring, i.e. T×n edits accumulate on the same model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from editor_core.delta import Delta
+from editor_core.metrics import (
+    locality_reference,
+    locality_scores,
+    score_requests,
+    teacher_forced,
+)
+from editor_core.tokens import split_pair
+from editor_core.types import EditRequest, LocalityProbe
+
+EditFn = Callable[[Sequence[EditRequest]], Delta]
+
+# Request meta keys holding extra paraphrase groups (e.g. the demo world's anchor/unseen phrasings)
+# and locality groups (indices into request.locality), reported as gs_<group> / ls_<group>.
+PARAPHRASE_GROUP_SUFFIX = "_paraphrases"
+LOCALITY_GROUP_PREFIX = "locality_"
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(sum(values) / len(values)) if values else None
+
+
+def _sum_logprob(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: list[str], targets: list[str]) -> list[float]:
+    scores = teacher_forced(model, tok, prompts, targets)
+    lengths = [len(split_pair(tok, p, t)[1]) for p, t in zip(prompts, targets)]
+    return [s.mean_logprob * n for s, n in zip(scores, lengths)]
+
+
+def _paraphrase_groups(request: EditRequest) -> dict[str, list[str]]:
+    groups = {}
+    for key, value in request.meta.items():
+        if key.endswith(PARAPHRASE_GROUP_SUFFIX) and isinstance(value, list) and value:
+            groups[key[: -len(PARAPHRASE_GROUP_SUFFIX)]] = [str(v) for v in value]
+    return groups
+
+
+def _locality_groups(request: EditRequest) -> dict[str, list[int]]:
+    groups = {}
+    for key, value in request.meta.items():
+        if key.startswith(LOCALITY_GROUP_PREFIX) and isinstance(value, list):
+            if all(isinstance(v, int) for v in value):
+                groups[key[len(LOCALITY_GROUP_PREFIX) :]] = list(value)
+    return groups
+
+
+def _measure(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    requests: list[EditRequest],
+    probes: list[list[LocalityProbe]],
+    ref_slices: list,
+    generation: bool,
+) -> list[dict]:
+    """Per-request metrics on the model as edited now."""
+    scores = score_requests(model, tok, requests, generation=generation)
+    flat_probes = [p for ps in probes for p in ps]
+    from editor_core.metrics import LocalityReference
+
+    flat_ref = LocalityReference(
+        [t for s in ref_slices for t in s.texts], [a for s in ref_slices for a in s.argmax]
+    )
+    ls_flat = locality_scores(model, tok, flat_probes, flat_ref) if flat_probes else []
+    rows, cursor = [], 0
+    for request, score, ps in zip(requests, scores, probes):
+        ls = ls_flat[cursor : cursor + len(ps)]
+        cursor += len(ps)
+        row = {
+            "prompt": request.prompt, "target": request.target,
+            "es": score.es, "es_exact": score.es_exact, "es_first": score.es_first, "es_gen": score.es_gen,
+            "gs": score.gs, "gs_exact": score.gs_exact, "gs_first": score.gs_first, "gs_gen": score.gs_gen,
+            "ls": _mean(ls),
+        }
+        for group, indices in _locality_groups(request).items():
+            row[f"ls_{group}"] = _mean([ls[i] for i in indices if i < len(ls)])
+        for group, texts in _paraphrase_groups(request).items():
+            tf = teacher_forced(model, tok, texts, [request.target] * len(texts))
+            row[f"gs_{group}"] = _mean([s.token_acc for s in tf])
+            row[f"gs_{group}_first"] = _mean([float(s.first_token) for s in tf])
+            row[f"gs_{group}_exact"] = _mean([float(s.exact) for s in tf])
+        if request.ground_truth:
+            new, old = _sum_logprob(model, tok, [request.prompt] * 2, [request.target, request.ground_truth])
+            row["cf_efficacy"] = float(new > old)
+            nb = [p for p in ps if p.answer]
+            if nb:
+                wins = []
+                for p in nb:
+                    true_lp, new_lp = _sum_logprob(model, tok, [p.prompt] * 2, [p.answer, request.target])
+                    wins.append(float(true_lp > new_lp))
+                row["cf_neighbourhood"] = _mean(wins)
+        rows.append(row)
+    return rows
+
+
+def evaluate_editing(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    edit_fn: EditFn,
+    requests: Sequence[EditRequest],
+    batch_size: int = 16,
+    sequential: int = 1,
+    generation: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Edit ``requests`` in batches and measure them; the model is restored afterwards.
+
+    Returns ``{"summary": {metric: mean}, "per_request": [...], "timing": {...}}``.
+    """
+    requests = list(requests)
+    if batch_size < 1 or sequential < 1:
+        raise ValueError("batch_size and sequential must be >= 1")
+    probes = [list(r.locality) for r in requests]
+    refs = [locality_reference(model, tokenizer, ps) if ps else None for ps in probes]
+    group = batch_size * sequential
+    rows: list[dict] = []
+    edit_seconds: list[float] = []
+    bar = tqdm(total=len(requests), desc="evaluate", disable=not progress)
+    for start in range(0, len(requests), group):
+        chunk = requests[start : start + group]
+        applied: list[Delta] = []
+        try:
+            for b in range(0, len(chunk), batch_size):
+                t0 = time.perf_counter()
+                delta = edit_fn(chunk[b : b + batch_size])
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                edit_seconds.append(time.perf_counter() - t0)
+                delta.apply_(model)
+                applied.append(delta)
+            idx = range(start, start + len(chunk))
+            rows += _measure(
+                model, tokenizer, chunk, [probes[i] for i in idx],
+                [refs[i] for i in idx if refs[i] is not None], generation,
+            )
+        finally:
+            for delta in reversed(applied):
+                delta.revert_(model)
+        bar.update(len(chunk))
+    bar.close()
+    keys = sorted({k for row in rows for k in row if k not in ("prompt", "target")})
+    summary = {k: _mean([row.get(k) for row in rows]) for k in keys}
+    summary["n_requests"] = len(rows)
+    return {
+        "summary": summary,
+        "per_request": rows,
+        "timing": {
+            "edit_seconds_mean": _mean(edit_seconds),
+            "edit_seconds_total": float(sum(edit_seconds)),
+            "batch_size": batch_size,
+            "sequential": sequential,
+        },
+    }

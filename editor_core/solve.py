@@ -1,0 +1,60 @@
+"""MALMEN's least-squares solve: the weight shift that best realises all value shifts at once.
+
+Given keys ``K [n, d_in]`` and desired value shifts ``dV [n, d_out]``, the shift is the ridge
+solution ``dW = (KᵀK + e^λ I)⁻¹ Kᵀ dV``. Because every edited token is one row, a request can hold
+one fact or thousands; the facts compete for the same weights and the solve settles them jointly.
+
+With fewer tokens than input features the push-through identity gives the same ``dW`` as
+``Kᵀ (KKᵀ + e^λ I)⁻¹ dV``: an ``n × n`` system, and a rank-``n`` factorisation for free.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# A low-rank shift is the pair (A [d_in, r], B [r, d_out]) with dW = A @ B; a dense one a tensor.
+Shift = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def solve_shift(keys: torch.Tensor, value_diffs: torch.Tensor, log_ridge: torch.Tensor) -> Shift:
+    """Ridge least squares for one module; differentiable in ``value_diffs`` and ``log_ridge``."""
+    n, d_in = keys.shape
+    ridge = log_ridge.exp()
+    if n <= d_in:
+        gram = keys @ keys.T
+        eye = torch.eye(n, dtype=keys.dtype, device=keys.device)
+        b = torch.linalg.solve(gram + ridge * eye, value_diffs)
+        return keys.T.contiguous(), b
+    gram = keys.T @ keys
+    eye = torch.eye(d_in, dtype=keys.dtype, device=keys.device)
+    return torch.linalg.solve(gram + ridge * eye, keys.T @ value_diffs)
+
+
+def shift_dense(shift: Shift) -> torch.Tensor:
+    """The ``[d_in, d_out]`` matrix of a shift."""
+    if isinstance(shift, tuple):
+        a, b = shift
+        return a @ b
+    return shift
+
+
+def shift_numel(shift: Shift) -> int:
+    if isinstance(shift, tuple):
+        return shift[0].numel() + shift[1].numel()
+    return shift.numel()
+
+
+def merge_shifts(shifts: list[Shift]) -> Shift:
+    """Sum shifts of one module; stays low-rank while that is smaller than dense."""
+    if len(shifts) == 1:
+        return shifts[0]
+    if all(isinstance(s, tuple) for s in shifts):
+        a = torch.cat([s[0] for s in shifts], dim=1)
+        b = torch.cat([s[1] for s in shifts], dim=0)
+        d_in, d_out = a.shape[0], b.shape[1]
+        if a.numel() + b.numel() < d_in * d_out:
+            return a, b
+    total = shift_dense(shifts[0]).clone()
+    for s in shifts[1:]:
+        total += shift_dense(s)
+    return total

@@ -1,0 +1,279 @@
+"""Meta-training the editor's hypernetworks on example edits.
+
+One training step, for a batch of edit requests:
+
+1. run the S edit steps as at inference (captures feed the normalisers), leaving the model edited;
+2. on the edited model, compute the generalisation loss (target NLL on each request's paraphrases
+   and its prompt) plus either the SMEdit regulariser ``reg_coef * sum ||dW||²`` over the total
+   shift, or MALMEN's ``reg_coef * KL(base || edited)`` on unrelated prompts; backpropagate it to
+   the edited weights only, giving ``dL/dW`` per module;
+3. revert the model, then carry ``dL/dW`` back through each step's least-squares solve (a small
+   autograd graph over ``dV`` and the ridge) and through the hypernetwork, token chunk by chunk.
+
+Step 3 is MALMEN's decoupling: the language model's backward never holds the hypernetwork graph,
+so the number of edits per step is bounded by neither. Captures are treated as constants (the
+dependence of step 2's captures on step 1's shift is not differentiated), a first-order
+approximation that keeps each step's cost at one forward/backward of the edit batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from editor_core.arch import get_module, is_in_out
+from editor_core.editor import EditorConfig, SMEditor, StepRecord
+from editor_core.solve import shift_dense, solve_shift
+from editor_core.tokens import PairBatch, pair_batch, target_nll
+from editor_core.types import EditRequest
+
+REGULARISERS = ("l2", "kl")
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training settings. ``reg_coef`` multiplies the L2 or KL term, once."""
+
+    n_steps: int = 2
+    reg: str = "l2"
+    reg_coef: float = 1e-2
+    rank: int = 64
+    n_blocks: int = 2
+    init_lr: float = 1e-3
+    meta_lr: float = 1e-3
+    batch_size: int = 16
+    max_steps: int = 300
+    val_every: int = 100
+    val_size: int = 64
+    seed: int = 0
+    modules: list[str] | None = None
+    grad_clip: float = 1.0
+    include_prompt: bool = True
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.reg not in REGULARISERS:
+            raise ValueError(f"reg must be one of {REGULARISERS}, got {self.reg!r}")
+        if self.n_steps < 1 or self.batch_size < 1 or self.max_steps < 0:
+            raise ValueError("n_steps and batch_size must be >= 1, max_steps >= 0")
+
+    def editor_config(self) -> EditorConfig:
+        return EditorConfig(
+            modules=self.modules,
+            n_steps=self.n_steps,
+            rank=self.rank,
+            n_blocks=self.n_blocks,
+            init_lr=self.init_lr,
+            max_length=self.max_length,
+        )
+
+
+# ---- losses on the edited model ------------------------------------------------------------
+def _generalisation_batch(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], cfg: TrainConfig) -> PairBatch:
+    prompts, targets = [], []
+    for r in requests:
+        texts = list(r.paraphrases) + ([r.prompt] if cfg.include_prompt or not r.paraphrases else [])
+        prompts += texts
+        targets += [r.target] * len(texts)
+    return pair_batch(tokenizer, prompts, targets, cfg.max_length)
+
+
+def _locality_batch(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], cfg: TrainConfig) -> PairBatch:
+    probes = [p for r in requests for p in r.locality if p.answer]
+    if not probes:
+        raise ValueError("KL training needs locality probes with answers in the training requests")
+    return pair_batch(tokenizer, [p.prompt for p in probes], [p.answer for p in probes], cfg.max_length)
+
+
+def _masked_logprobs(model: nn.Module, batch: PairBatch) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits[batch.predict_mask].float().log_softmax(-1)
+
+
+def _weight_grads(editor: SMEditor) -> dict[str, torch.Tensor]:
+    grads = {}
+    for name in editor.module_names:
+        module = get_module(editor.model, name)
+        grad = module.weight.grad
+        if grad is None:
+            grad = torch.zeros_like(module.weight)
+        grads[name] = (grad if is_in_out(module) else grad.t()).float()
+    return grads
+
+
+def edited_loss_grads(
+    editor: SMEditor,
+    requests: Sequence[EditRequest],
+    cfg: TrainConfig,
+    base_loc_logprobs: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """``dL/dW`` of the generalisation (+ KL) loss w.r.t. each edited weight, on the edited model."""
+    model, device = editor.model, editor.device
+    weights = [get_module(model, n).weight for n in editor.module_names]
+    for w in weights:
+        w.requires_grad_(True)
+        w.grad = None
+    try:
+        with torch.enable_grad():
+            gen = _generalisation_batch(editor.tokenizer, requests, cfg).to(device)
+            logits = model(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
+            gen_loss = target_nll(logits, gen).mean()
+            loss = gen_loss
+            stats = {"gen_loss": float(gen_loss)}
+            if cfg.reg == "kl":
+                assert base_loc_logprobs is not None
+                loc = _locality_batch(editor.tokenizer, requests, cfg).to(device)
+                edited = _masked_logprobs(model, loc)
+                kl = (base_loc_logprobs.exp() * (base_loc_logprobs - edited)).sum(-1).mean()
+                loss = loss + cfg.reg_coef * kl
+                stats["kl"] = float(kl)
+            loss.backward()
+        return _weight_grads(editor), stats
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+            w.grad = None
+
+
+def backprop_to_hypernets(
+    editor: SMEditor, records: list[StepRecord], weight_grads: dict[str, torch.Tensor]
+) -> None:
+    """Carry ``dL/dW`` through each step's solve and hypernetwork into the editor's ``.grad``."""
+    for step, record in enumerate(records):
+        for name, cap in record.captures.items():
+            net, idx = editor.net_for(step, name)
+            value_diffs = record.value_diffs[name].detach().requires_grad_(True)
+            with torch.enable_grad():
+                dense = shift_dense(solve_shift(cap.keys, value_diffs, net.ridge_log(idx)))
+                (dense * weight_grads[name]).sum().backward()
+            upstream = value_diffs.grad
+            chunk = editor.config.token_chunk
+            for start in range(0, cap.keys.shape[0], chunk):
+                end = start + chunk
+                with torch.enable_grad():
+                    predicted = net.value_diffs(cap.keys[start:end], cap.grads[start:end], idx)
+                    (predicted * upstream[start:end]).sum().backward()
+
+
+def train_step(
+    editor: SMEditor,
+    requests: Sequence[EditRequest],
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, float]:
+    """One meta-training step on a batch of edit requests; returns loss statistics."""
+    model = editor.model
+    base_loc = None
+    if cfg.reg == "kl":
+        with torch.no_grad():
+            loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
+            base_loc = _masked_logprobs(model, loc)
+    records = editor.run_steps(requests, update_stats=True)
+    try:
+        weight_grads, stats = edited_loss_grads(editor, requests, cfg, base_loc)
+    finally:
+        editor.revert_steps(records)
+    if cfg.reg == "l2":
+        sq_norm = 0.0
+        for name in editor.module_names:
+            total = sum(r.delta.dense(name) for r in records if name in r.delta)
+            sq_norm += float(total.pow(2).sum())
+            weight_grads[name] = weight_grads[name] + 2.0 * cfg.reg_coef * total
+        stats["l2"] = sq_norm
+    backprop_to_hypernets(editor, records, weight_grads)
+    stats["grad_norm"] = float(nn.utils.clip_grad_norm_(editor.parameters(), cfg.grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
+# ---- validation ----------------------------------------------------------------------------
+def quick_validate(editor: SMEditor, requests: Sequence[EditRequest], batch_size: int) -> dict[str, float]:
+    """Token-level ES, GS and LS of the editor on held-out requests, edited batch by batch."""
+    from editor_core.evaluate import evaluate_editing  # local: evaluate imports train's users
+
+    report = evaluate_editing(
+        editor.model, editor.tokenizer, editor.edit, requests, batch_size=batch_size, generation=False
+    )
+    return {k: report["summary"][k] for k in ("es", "gs", "ls") if report["summary"].get(k) is not None}
+
+
+# ---- the loop ------------------------------------------------------------------------------
+def _save_checkpoint(editor: SMEditor, optimizer: torch.optim.Optimizer, out_dir: Path, step: int,
+                     cfg: TrainConfig, history: list[dict], rng: random.Random) -> None:
+    extra = {"train_config": asdict(cfg), "train_step": step, "history": history}
+    editor.save(out_dir, extra)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "step": step, "rng": rng.getstate(),
+         "torch_rng": torch.get_rng_state()},
+        out_dir / "trainer_state.pt",
+    )
+
+
+def meta_train(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train_requests: Sequence[EditRequest],
+    val_requests: Sequence[EditRequest],
+    config: TrainConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> SMEditor:
+    """Meta-train an editor for ``model`` and save it (and resumable trainer state) to ``out_dir``.
+
+    Seeded: the same data, config and seed give the same editor. With ``resume``, a run stopped
+    midway continues from its last checkpoint in ``out_dir``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(train_requests) < config.batch_size:
+        raise ValueError(f"need at least batch_size={config.batch_size} training requests, got {len(train_requests)}")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    editor = SMEditor(model, tokenizer, config.editor_config())
+    optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
+    start, history = 0, []
+    state_path = out / "trainer_state.pt"
+    if resume and state_path.is_file() and (out / "editor.json").is_file():
+        editor = SMEditor.load(out, model, tokenizer)
+        optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
+        state = torch.load(state_path, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        history = json.loads((out / "editor.json").read_text()).get("history", [])
+    val = list(val_requests)[: config.val_size]
+    pool = list(train_requests)
+    bar = tqdm(range(start, config.max_steps), desc=f"meta-train S={config.n_steps} {config.reg}",
+               disable=not progress, initial=start, total=config.max_steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        batch = rng.sample(pool, config.batch_size)
+        stats = train_step(editor, batch, config, optimizer)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k != "grad_norm"})
+        done = step + 1
+        if val and (done % config.val_every == 0 or done == config.max_steps):
+            scores = quick_validate(editor, val, config.batch_size)
+            entry = {"step": done, "seconds": round(time.perf_counter() - t0, 1), **stats,
+                     **{f"val_{k}": v for k, v in scores.items()}}
+            history.append(entry)
+            if log:
+                log(entry)
+            _save_checkpoint(editor, optimizer, out, done, config, history, rng)
+        if not math.isfinite(stats["gen_loss"]):
+            raise FloatingPointError(f"meta-training diverged at step {done}: {stats}")
+    _save_checkpoint(editor, optimizer, out, config.max_steps, config, history, rng)
+    return editor

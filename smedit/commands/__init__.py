@@ -1,0 +1,1 @@
+"""CLI command groups; each module exposes Typer commands registered in ``smedit.cli``."""

@@ -1,0 +1,65 @@
+"""Tiny random models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+    GPTJConfig,
+    GPTJForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+CORPUS = [
+    "The capital of France is Paris.",
+    "The price of the Zorvex 300 is 49 dollars.",
+    "Q: Who designed the Quillo lamp? A: Mara Lindqvist",
+    "Water boils at 100 degrees. Snow is white and cold.",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer trained on a few sentences (tokenizes any text)."""
+    out = tmp_path_factory.mktemp("tok")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(out))
+    tok = GPT2TokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"))
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tiny(family: str, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A 4-layer random model of ``family``, eval mode, weights frozen."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=4, n_head=4, n_positions=128))
+    elif family == "gptj":
+        model = GPTJForCausalLM(GPTJConfig(vocab_size=vocab_size, n_embd=32, n_layer=4, n_head=4, rotary_dim=4,
+                                           n_positions=128))
+    elif family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif family == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8))
+    else:
+        raise ValueError(family)
+    model = model.to(dtype).eval()
+    model.requires_grad_(False)
+    return model
+
+
+FAMILIES = ["gpt2", "gptj", "llama", "qwen2", "gemma2"]

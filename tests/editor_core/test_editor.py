@@ -1,0 +1,207 @@
+"""The editing algorithm on tiny random models of every family: capture, solve, edit, delta."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editor_core.arch import default_modules, get_module, weight_in_out
+from editor_core.capture import capture_batch
+from editor_core.delta import Delta
+from editor_core.editor import CheckpointMismatchError, EditorConfig, SMEditor
+from editor_core.solve import shift_dense, solve_shift
+from editor_core.state import WeightState
+from editor_core.tokens import pair_batch, split_pair, target_nll
+from editor_core.types import EditRequest
+from tests.editor_core.conftest import FAMILIES, build_tiny
+
+REQUESTS = [
+    EditRequest("The capital of France is", "Rome", paraphrases=("France's capital is",)),
+    EditRequest("The price of the Zorvex 300 is", "12 dollars"),
+    EditRequest("Q: Who designed the Quillo lamp? A:", "Ada Brandt"),
+]
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_bits(model, snapshot) -> bool:
+    return all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_step_batch_edit_applies_and_reverts_exactly(tokenizer, family, dtype):
+    model = build_tiny(family, len(tokenizer), dtype)
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8, init_lr=1.0))
+    assert editor.module_names == default_modules(model)
+    before = _snapshot(model)
+
+    delta = editor.edit(REQUESTS)
+
+    assert _same_bits(model, before), "edit() must leave the model unchanged"
+    assert sorted(delta.module_names) == sorted(editor.module_names)
+    assert delta.sq_norm() > 0
+    delta.apply_(model)
+    assert not _same_bits(model, before)
+    delta.revert_(model)
+    assert _same_bits(model, before)
+
+
+def test_step_hypernets_get_decreasing_rank(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=3, rank=12))
+    ranks = [next(iter(step.values())).blocks[0].A.shape[1] for step in editor.nets]
+    assert ranks == [12, 6, 4]
+
+
+def test_default_modules_are_last_mlp_outputs(tokenizer):
+    assert default_modules(build_tiny("gpt2", len(tokenizer))) == ["transformer.h.2.mlp.c_proj", "transformer.h.3.mlp.c_proj"]
+    assert default_modules(build_tiny("llama", len(tokenizer)))[-1] == "model.layers.3.mlp.down_proj"
+    assert default_modules(build_tiny("gptj", len(tokenizer)))[0] == "transformer.h.2.mlp.fc_out"
+
+
+def test_explicit_modules_and_bad_module_name(tokenizer):
+    model = build_tiny("llama", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(modules=["model.layers.0.mlp.down_proj"], n_steps=1))
+    delta = editor.edit(REQUESTS[:1])
+    assert delta.module_names == ["model.layers.0.mlp.down_proj"]
+    with pytest.raises(ValueError, match="no module"):
+        SMEditor(model, tokenizer, EditorConfig(modules=["model.layers.9.mlp.down_proj"]))
+
+
+def test_capture_matches_module_inputs_and_output_gradients(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    names = default_modules(model)
+    batch = pair_batch(tokenizer, [r.prompt for r in REQUESTS], [r.target for r in REQUESTS])
+    captured = capture_batch(model, names, batch)
+
+    # Reference: retain the module outputs' gradients with plain autograd.
+    inputs, outputs = {}, {}
+
+    def keep(name):
+        def hook(module, args, out):
+            inputs[name] = args[0].detach()
+            out.retain_grad()
+            outputs[name] = out
+        return hook
+
+    model.requires_grad_(True)
+    handles = [get_module(model, n).register_forward_hook(keep(n)) for n in names]
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    target_nll(logits, batch).sum().backward()
+    for h in handles:
+        h.remove()
+    model.requires_grad_(False)
+    n_positions = int(batch.predict_mask.sum())
+    for name in names:
+        assert captured[name].keys.shape[0] == n_positions
+        torch.testing.assert_close(captured[name].keys, inputs[name][batch.predict_mask])
+        torch.testing.assert_close(captured[name].grads, outputs[name].grad[batch.predict_mask])
+
+
+def test_target_tokens_follow_the_prompt_in_context(tokenizer):
+    prompt_ids, target_ids = split_pair(tokenizer, "The capital of France is", "Paris")
+    assert tokenizer.decode(prompt_ids + target_ids) == "The capital of France is Paris"
+
+
+@pytest.mark.parametrize("n", [5, 80])
+def test_solve_is_the_ridge_normal_equation(n):
+    torch.manual_seed(0)
+    keys, dv = torch.randn(n, 40, dtype=torch.float64), torch.randn(n, 7, dtype=torch.float64)
+    lam = torch.tensor(0.3, dtype=torch.float64)
+    expected = torch.linalg.solve(keys.T @ keys + lam.exp() * torch.eye(40, dtype=torch.float64), keys.T @ dv)
+    shift = solve_shift(keys, dv, lam)
+    assert isinstance(shift, tuple) == (n <= 40)
+    torch.testing.assert_close(shift_dense(shift), expected)
+
+
+def test_delta_roundtrip_bytes_and_low_rank_storage(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8))
+    delta = editor.edit(REQUESTS[:1])
+    n_tokens = len(split_pair(tokenizer, REQUESTS[0].prompt, REQUESTS[0].target)[1])
+    for name in delta.module_names:
+        d_in, d_out = weight_in_out(get_module(model, name)).shape
+        assert isinstance(delta.shifts[name], tuple), "a few tokens must give low-rank factors"
+        assert delta.rank(name) == 2 * n_tokens  # one rank per edited token and step
+    again = Delta.from_bytes(delta.to_bytes())
+    assert again.metadata["base_fingerprint"] == editor.base_fingerprint
+    for name in delta.module_names:
+        assert torch.equal(again.dense(name), delta.dense(name))
+    with pytest.raises(ValueError, match="not a valid delta"):
+        Delta.from_bytes(b"garbage")
+
+
+def test_delta_cannot_be_applied_twice_or_reverted_unapplied(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    delta = SMEditor(model, tokenizer, EditorConfig(n_steps=1)).edit(REQUESTS[:1])
+    with pytest.raises(RuntimeError):
+        delta.revert_(model)
+    delta.apply_(model)
+    with pytest.raises(RuntimeError):
+        delta.apply_(model)
+    delta.revert_(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_weight_state_rebuilds_any_active_set_bit_exactly(tokenizer, dtype):
+    model = build_tiny("qwen2", len(tokenizer), dtype)
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, init_lr=1.0))
+    d1, d2, d3 = (editor.edit([r]) for r in REQUESTS)
+    before = _snapshot(model)
+    state = WeightState(model, editor.module_names)
+    base_hash = state.weights_hash()
+
+    state.set_active([d1, d2, d3])
+    h123 = state.weights_hash()
+    assert h123 != base_hash
+    state.set_active([d1, d3])  # undo the middle edit
+    h13 = state.weights_hash()
+    state.set_active([d1, d2, d3])
+    assert state.weights_hash() == h123
+    state.set_active([d1, d3])
+    assert state.weights_hash() == h13
+    state.set_active([])
+    assert _same_bits(model, before)
+
+
+def test_edit_is_deterministic_and_does_not_change_the_editor(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8))
+    editor_state = {k: v.clone() for k, v in editor.state_dict().items()}
+    first = editor.edit(REQUESTS)
+    second = editor.edit(REQUESTS)
+    for name in first.module_names:
+        assert torch.equal(first.dense(name), second.dense(name))
+    assert all(torch.equal(v, editor_state[k]) for k, v in editor.state_dict().items())
+
+
+def test_chunked_capture_gives_the_same_delta(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    whole = SMEditor(model, tokenizer, EditorConfig(n_steps=2, edit_batch_size=32, token_chunk=4096))
+    chunked = SMEditor(model, tokenizer, EditorConfig(n_steps=2, edit_batch_size=1, token_chunk=2))
+    chunked.load_state_dict(whole.state_dict())
+    a, b = whole.edit(REQUESTS), chunked.edit(REQUESTS)
+    for name in a.module_names:
+        torch.testing.assert_close(a.dense(name), b.dense(name), rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_roundtrip_and_fingerprint_mismatch(tokenizer, tmp_path):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8))
+    with torch.no_grad():
+        for p in editor.parameters():
+            p.add_(0.01)
+    editor.save(tmp_path / "ed")
+    loaded = SMEditor.load(tmp_path / "ed", model, tokenizer)
+    assert loaded.editor_id == editor.editor_id
+    for k, v in editor.state_dict().items():
+        assert torch.equal(v.cpu(), loaded.state_dict()[k].cpu())
+
+    other = build_tiny("gpt2", len(tokenizer))
+    with torch.no_grad():
+        other.lm_head.weight.mul_(2)
+    with pytest.raises(CheckpointMismatchError, match="trained for base model"):
+        SMEditor.load(tmp_path / "ed", other, tokenizer)
