@@ -31,6 +31,11 @@ class Capture:
     grads: torch.Tensor
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision captures go to fp32 (the solve needs it); fp64 stays fp64 (for tests)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class _Tap:
     """Hooks one module: records its input rows and output gradient at the masked positions."""
 
@@ -42,13 +47,13 @@ class _Tap:
         self.handle = module.register_forward_hook(self._forward)
 
     def _forward(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        self.keys = inputs[0][self.mask].detach().float()
+        self.keys = _at_least_fp32(inputs[0][self.mask].detach())
         anchored = output + self.anchor.to(device=output.device, dtype=output.dtype)
         anchored.register_hook(self._backward)
         return anchored
 
     def _backward(self, grad: torch.Tensor) -> None:
-        self.grads = grad[self.mask].detach().float()
+        self.grads = _at_least_fp32(grad[self.mask].detach())
 
     def remove(self) -> None:
         self.handle.remove()

@@ -65,8 +65,8 @@ class Delta:
         return sorted(self.shifts)
 
     def dense(self, name: str) -> torch.Tensor:
-        """The fp32 ``[in, out]`` shift of one module."""
-        return shift_dense(self.shifts[name]).float()
+        """The ``[in, out]`` shift of one module, in fp32 (fp64 if it was computed in fp64)."""
+        return _at_least_fp32(shift_dense(self.shifts[name]))
 
     def numel(self) -> int:
         return sum(shift_numel(s) for s in self.shifts.values())
@@ -95,7 +95,7 @@ class Delta:
         for name in self.shifts:
             weight = weight_in_out(get_module(model, name))
             backup[name] = weight.detach().clone()
-            shifted = weight.float() + self.dense(name).to(weight.device)
+            shifted = _at_least_fp32(weight) + self.dense(name).to(weight.device)
             weight.copy_(shifted.to(weight.dtype))
         self._backup = backup
 
@@ -171,6 +171,11 @@ class Delta:
     @classmethod
     def load(cls, path: str | Path) -> "Delta":
         return cls.from_bytes(Path(path).read_bytes())
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Arithmetic on weights happens in fp32 at least, so half-precision models round only once."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _read_header(data: bytes) -> dict[str, str]:

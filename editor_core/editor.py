@@ -186,9 +186,10 @@ class SMEditor(nn.Module):
                 value_diffs: dict[str, torch.Tensor] = {}
                 shifts: dict[str, Shift] = {}
                 with torch.no_grad():
-                    for name, cap in captures.items():
-                        if update_stats:
+                    if update_stats:  # all modules first: they may share one normaliser
+                        for name, cap in captures.items():
                             self.net_for(step, name)[0].update_stats(cap.keys, cap.grads)
+                    for name, cap in captures.items():
                         value_diffs[name] = self.value_diffs(step, name, cap)
                         shifts[name] = self.solve(step, name, cap.keys, value_diffs[name])
                 delta = Delta(shifts)

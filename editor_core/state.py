@@ -26,7 +26,10 @@ class WeightState:
         self.model = model
         self.module_names = list(module_names)
         self._views = {name: weight_in_out(get_module(model, name)) for name in self.module_names}
-        self._masters = {name: view.detach().float().clone() for name, view in self._views.items()}
+        self._masters = {
+            name: (view.detach().double() if view.dtype == torch.float64 else view.detach().float()).clone()
+            for name, view in self._views.items()
+        }
         self.active: list[Delta] = []
 
     @torch.no_grad()
@@ -44,7 +47,7 @@ class WeightState:
             weight = self._masters[name].clone()
             for delta in deltas:
                 if name in delta:
-                    weight += delta.dense(name).to(weight.device)
+                    weight += delta.dense(name).to(device=weight.device, dtype=weight.dtype)
             view.copy_(weight.to(view.dtype))
         self.active = list(deltas)
 

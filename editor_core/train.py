@@ -49,7 +49,7 @@ class TrainConfig:
     reg_coef: float = 1e-2
     rank: int = 64
     n_blocks: int = 2
-    init_lr: float = 1e-3
+    init_lr: float | None = None  # None: calibrated on training edits (see calibrate_init_lr)
     meta_lr: float = 1e-3
     batch_size: int = 16
     max_steps: int = 300
@@ -73,7 +73,7 @@ class TrainConfig:
             n_steps=self.n_steps,
             rank=self.rank,
             n_blocks=self.n_blocks,
-            init_lr=self.init_lr,
+            init_lr=self.init_lr or 1.0,
             max_length=self.max_length,
         )
 
@@ -129,7 +129,7 @@ def edited_loss_grads(
             logits = model(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
             gen_loss = target_nll(logits, gen).mean()
             loss = gen_loss
-            stats = {"gen_loss": float(gen_loss)}
+            stats = {"gen_loss": float(gen_loss.detach())}
             if cfg.reg == "kl":
                 assert base_loc_logprobs is not None
                 loc = _locality_batch(editor.tokenizer, requests, cfg).to(device)
@@ -197,6 +197,68 @@ def train_step(
     return stats
 
 
+# ---- step-size calibration -----------------------------------------------------------------
+CALIBRATION_GRID = tuple(10.0 ** (k / 2) for k in range(-10, 7))
+
+
+@torch.no_grad()
+def _objective(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConfig) -> float:
+    """The training loss of the editor as it is (no gradients), used to pick a starting step size."""
+    model = editor.model
+    base_loc = None
+    if cfg.reg == "kl":
+        loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
+        base_loc = _masked_logprobs(model, loc)
+    records = editor.run_steps(requests)
+    try:
+        gen = _generalisation_batch(editor.tokenizer, requests, cfg).to(editor.device)
+        logits = model(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
+        loss = float(target_nll(logits, gen).mean())
+        if base_loc is not None:
+            edited = _masked_logprobs(model, loc)
+            loss += cfg.reg_coef * float((base_loc.exp() * (base_loc - edited)).sum(-1).mean())
+    finally:
+        editor.revert_steps(records)
+    if cfg.reg == "l2":
+        for name in editor.module_names:
+            loss += cfg.reg_coef * float(sum(r.delta.dense(name) for r in records if name in r.delta).pow(2).sum())
+    return loss
+
+
+def warm_normalisers(editor: SMEditor, requests: Sequence[EditRequest]) -> None:
+    """Seed every step's normaliser with captures of unedited-model edits.
+
+    Normalised inputs are what the step size is calibrated against, so the statistics must exist
+    before calibration; training keeps updating them with each step's own captures.
+    """
+    captures = editor.capture(requests)
+    for step in range(editor.config.n_steps):
+        for name, cap in captures.items():
+            editor.net_for(step, name)[0].update_stats(cap.keys, cap.grads)
+
+
+def calibrate_init_lr(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConfig) -> float:
+    """Pick the untrained editor's step size from a log grid by the training objective.
+
+    The right scale of MALMEN's ``lr`` depends on the model's key and gradient magnitudes (it
+    spans orders of magnitude between a 1M-parameter demo model and GPT-J), and a log-lr that
+    starts far off wastes most of a short training run walking there. The grid search costs a
+    few edits of one batch, scored by the same objective training minimises.
+    """
+    best_lr, best = CALIBRATION_GRID[0], float("inf")
+    for lr in CALIBRATION_GRID:
+        for step_nets in editor.nets:
+            for net in step_nets.values():
+                net.log_lr.weight.data.fill_(math.log(lr))
+        value = _objective(editor, requests, cfg)
+        if math.isfinite(value) and value < best:
+            best_lr, best = lr, value
+    for step_nets in editor.nets:
+        for net in step_nets.values():
+            net.log_lr.weight.data.fill_(math.log(best_lr))
+    return best_lr
+
+
 # ---- validation ----------------------------------------------------------------------------
 def quick_validate(editor: SMEditor, requests: Sequence[EditRequest], batch_size: int) -> dict[str, float]:
     """Token-level ES, GS and LS of the editor on held-out requests, edited batch by batch."""
@@ -243,6 +305,10 @@ def meta_train(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     editor = SMEditor(model, tokenizer, config.editor_config())
+    if config.init_lr is None:
+        calibration = rng.sample(list(train_requests), config.batch_size)
+        warm_normalisers(editor, rng.sample(list(train_requests), min(len(train_requests), 4 * config.batch_size)))
+        editor.config.init_lr = calibrate_init_lr(editor, calibration, config)
     optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
     start, history = 0, []
     state_path = out / "trainer_state.pt"

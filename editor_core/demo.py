@@ -1,0 +1,262 @@
+"""Build the demo: a generated world, a small LM trained to know it, and editors trained on it.
+
+Everything goes into ``data_dir / "demo" / size``::
+
+    world.json          the World (facts, phrasings, splits) -- World.load(path)
+    model/              Hugging Face dir (safetensors + tokenizer + pretrain_stats.json)
+    editor/             SMEdit checkpoint (TrainConfig(n_steps=2, reg="l2")), when trained
+    editor_malmen/      MALMEN checkpoint (TrainConfig(n_steps=1, reg="kl")), when trained
+    stats.json          world summary, pretraining stats, how well each phrasing role is known
+    stamp.json          the inputs of the build; written last
+
+The build is cached: if ``stamp.json`` matches the inputs, :func:`build_demo` returns at once.
+A full build happens in a temporary sibling directory that is renamed into place only when
+complete, so a crash never leaves a half-built model that looks finished. A lock file keeps two
+processes from building the same size at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from editor_core.pretrain import PretrainConfig, answer_accuracy, pretrain_lm
+from editor_core.world import WORLD_FORMAT_VERSION, World, generate_world
+
+DEMO_VERSION = "1"  # bump when a change in world/pretrain code should invalidate built demos
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    n_products: int
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    val_fraction: float = 0.1  # share of train entities held out as editor validation edits
+
+
+DEMO_SIZES: dict[str, DemoSize] = {
+    "tiny": DemoSize(n_products=40, pretrain=PretrainConfig.preset("tiny")),
+    "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small")),
+}
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+    world_json: Path
+    model_dir: Path
+    editor_dir: Path
+    malmen_dir: Path
+    stats_json: Path
+    stamp_json: Path
+
+    @property
+    def has_editors(self) -> bool:
+        return self.editor_dir.is_dir() and self.malmen_dir.is_dir()
+
+    def load_world(self) -> World:
+        return World.load(self.world_json)
+
+    def stats(self) -> dict:
+        return json.loads(self.stats_json.read_text())
+
+
+def demo_paths(data_dir: str | Path, size: str = "small") -> DemoPaths:
+    """Where :func:`build_demo` puts (or has put) the demo of ``size``; builds nothing."""
+    return _layout(Path(data_dir) / "demo" / size)
+
+
+def _layout(root: Path) -> DemoPaths:
+    return DemoPaths(
+        root=root,
+        world_json=root / "world.json",
+        model_dir=root / "model",
+        editor_dir=root / "editor",
+        malmen_dir=root / "editor_malmen",
+        stats_json=root / "stats.json",
+        stamp_json=root / "stamp.json",
+    )
+
+
+def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
+    return {
+        "size": size,
+        "seed": seed,
+        "version": DEMO_VERSION,
+        "world_format": WORLD_FORMAT_VERSION,
+        "n_products": spec.n_products,
+        "pretrain": asdict(spec.pretrain),
+        "val_fraction": spec.val_fraction,
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_demo(
+    data_dir: str | Path,
+    size: str = "small",
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    train_editor: bool = True,
+) -> DemoPaths:
+    """Build (or reuse) the demo world, base model and editors; return where they are.
+
+    Cached on (size, seed, :data:`DEMO_VERSION`, the size's settings): a matching stamp returns
+    immediately. A demo built with ``train_editor=False`` is reused by a later call with
+    ``train_editor=True``; only the editors are trained then. ``force`` rebuilds everything.
+    """
+    if size not in DEMO_SIZES:
+        raise ValueError(f"unknown demo size {size!r}; use one of {sorted(DEMO_SIZES)}")
+    spec = DEMO_SIZES[size]
+    paths = demo_paths(data_dir, size)
+    parent = paths.root.parent
+    key = _stamp_key(size, seed, spec)
+
+    with _lock(parent / f".{size}.lock"):
+        for stale in parent.glob(f".{size}.build-*"):  # left by a crashed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in parent.glob(f".{size}.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+        stamp = None if force else _read_json(paths.stamp_json)
+        if stamp is not None and stamp.get("key") == key and paths.model_dir.is_dir():
+            if stamp.get("editors") or not train_editor:
+                return paths
+            _add_editors(paths, spec, seed, progress)
+            return paths
+
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".{size}.build-", dir=parent))
+        try:
+            _full_build(_layout(tmp_root), key, spec, seed, progress, train_editor)
+            if paths.root.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{size}.old-", dir=parent))
+                os.replace(paths.root, old / "demo")
+                os.replace(tmp_root, paths.root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp_root, paths.root)
+        except BaseException:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+            raise
+    return paths
+
+
+def measure_knowledge(model, tokenizer, world: World) -> dict:
+    """Answer exact match per phrasing role; ``anchor_other_entities`` is the generalisation test."""
+    others = [e for e in world.entities if not world.is_anchor(e)]
+    return {
+        "seen": answer_accuracy(model, tokenizer, world.qa_pairs("seen")),
+        "anchor_anchor_entities": answer_accuracy(model, tokenizer, world.qa_pairs("anchor", world.anchor_entities)),
+        "anchor_other_entities": answer_accuracy(model, tokenizer, world.qa_pairs("anchor", others)),
+        "unseen": answer_accuracy(model, tokenizer, world.qa_pairs("unseen")),
+        "seen_eval_split": answer_accuracy(model, tokenizer, world.qa_pairs("seen", world.splits["eval"])),
+        "anchor_eval_split": answer_accuracy(model, tokenizer, world.qa_pairs("anchor", world.splits["eval"])),
+    }
+
+
+def _full_build(paths: DemoPaths, key: dict, spec: DemoSize, seed: int, progress: bool,
+                train_editor: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    world = generate_world(seed=seed, n_products=spec.n_products)
+    world.save(paths.world_json)
+    pretrain_cfg = spec.pretrain
+    pre_stats = pretrain_lm(world.pretraining_pairs(), paths.model_dir, pretrain_cfg, progress=progress,
+                            eval_pairs=world.qa_pairs("seen"))
+    model = AutoModelForCausalLM.from_pretrained(paths.model_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(paths.model_dir, local_files_only=True)
+    knowledge = measure_knowledge(model, tokenizer, world)
+    del model
+    stats = {
+        "size": key["size"],
+        "seed": seed,
+        "world": world.summary(),
+        "pretrain": {k: v for k, v in pre_stats.items() if k != "config"},
+        "knowledge": knowledge,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    _write_json_atomic(paths.stats_json, stats)
+    if train_editor:
+        stats["editors"] = _train_editors(paths, world, spec, seed, progress)
+        stats["build_seconds"] = round(time.perf_counter() - started, 1)
+        _write_json_atomic(paths.stats_json, stats)
+    _write_json_atomic(paths.stamp_json, {"key": key, "editors": train_editor, "built_at": time.time()})
+
+
+def _add_editors(paths: DemoPaths, spec: DemoSize, seed: int, progress: bool) -> None:
+    """Train editors into an already built demo, then mark it (stamp last)."""
+    world = World.load(paths.world_json)
+    editors = _train_editors(paths, world, spec, seed, progress)
+    stats = _read_json(paths.stats_json) or {}
+    stats["editors"] = editors
+    _write_json_atomic(paths.stats_json, stats)
+    stamp = _read_json(paths.stamp_json) or {}
+    stamp["editors"] = True
+    _write_json_atomic(paths.stamp_json, stamp)
+
+
+def editor_requests(world: World, spec: DemoSize, seed: int):
+    """Meta-training and validation edits: train-split entities, a held-out share for validation."""
+    requests = world.edit_requests("train", seed=seed)
+    train_entities = world.splits["train"]
+    n_val = max(1, round(spec.val_fraction * len(train_entities)))
+    val_entities = set(train_entities[-n_val:])
+    train = [r for r in requests if r.meta["entity"] not in val_entities]
+    val = [r for r in requests if r.meta["entity"] in val_entities]
+    return train, val
+
+
+def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, progress: bool) -> dict:
+    """Meta-train SMEdit and MALMEN on the world's train edits (each written via a temp dir)."""
+    from editor_core.models import load_model
+    from editor_core.train import TrainConfig, meta_train
+
+    train, val = editor_requests(world, spec, seed)
+    out: dict = {"train_requests": len(train), "val_requests": len(val)}
+    for name, target, config in (
+        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2")),
+        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl")),
+    ):
+        started = time.perf_counter()
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model, tokenizer = load_model(paths.model_dir)  # fresh each time: training must not leak
+        meta_train(model, tokenizer, train, val, config, tmp, progress=progress)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        out[name] = {"dir": target.name, "seconds": round(time.perf_counter() - started, 1)}
+    return out

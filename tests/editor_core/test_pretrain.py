@@ -1,0 +1,147 @@
+"""Pretraining the demo LM and building the demo (tiny size; editors not trained here)."""
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editor_core import demo as demo_mod
+from editor_core.demo import DemoSize, build_demo, demo_paths
+from editor_core.pretrain import (
+    PretrainConfig,
+    answer_accuracy,
+    build_model,
+    encode_pair,
+    pretrain_lm,
+    train_tokenizer,
+)
+from editor_core.world import World, generate_world
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    started = time.perf_counter()
+    paths = build_demo(data_dir, size="tiny", seed=0, progress=False, train_editor=False)
+    return data_dir, paths, time.perf_counter() - started
+
+
+def test_tiny_demo_layout(tiny_demo):
+    data_dir, paths, seconds = tiny_demo
+    assert paths.root == data_dir / "demo" / "tiny" == demo_paths(data_dir, "tiny").root
+    assert paths.world_json.is_file() and paths.stats_json.is_file() and paths.stamp_json.is_file()
+    assert (paths.model_dir / "model.safetensors").is_file()
+    assert not paths.has_editors
+    assert seconds < 90, f"tiny demo took {seconds:.0f} s"
+    assert not list(paths.root.parent.glob(".tiny.build-*"))
+    stats = json.loads(paths.stats_json.read_text())
+    assert stats["pretrain"]["steps"] > 0 and stats["pretrain"]["tokens_per_second"] > 0
+    assert set(stats["knowledge"]) >= {"seen", "anchor_other_entities", "unseen"}
+
+
+def test_saved_model_and_tokenizer_load(tiny_demo):
+    _, paths, _ = tiny_demo
+    model = AutoModelForCausalLM.from_pretrained(paths.model_dir, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(paths.model_dir, local_files_only=True)
+    assert model.config.model_type == "gpt2"
+    assert model.config.vocab_size == len(tok)
+    assert tok.eos_token is not None and tok.pad_token is not None
+    for text in ["Zürich ☃ price?", "The price of Zorvex 300 is 49 dollars", "  tabs\tand\nnewlines 😀"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+    # no BOS is added (editor_core.tokens relies on it)
+    assert tok("a")["input_ids"] == tok("a", add_special_tokens=False)["input_ids"]
+
+
+def test_trained_model_knows_seen_facts_untrained_does_not(tiny_demo):
+    _, paths, _ = tiny_demo
+    world = World.load(paths.world_json)
+    tok = AutoTokenizer.from_pretrained(paths.model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(paths.model_dir, local_files_only=True).eval()
+    seen = world.qa_pairs("seen")
+    trained = answer_accuracy(model, tok, seen)
+    torch.manual_seed(0)
+    untrained = answer_accuracy(build_model(PretrainConfig.preset("tiny"), tok).eval(), tok, seen)
+    assert trained >= 0.8, trained
+    assert untrained <= 0.05, untrained
+    # greedy generation produces the answer too (teacher-forced argmax == greedy decoding)
+    prompt, answer = seen[0]
+    enc = tok(prompt, return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    if answer_accuracy(model, tok, [(prompt, answer)]) == 1.0:
+        assert text.strip().startswith(answer)
+
+
+def test_second_build_is_cached(tiny_demo):
+    data_dir, paths, _ = tiny_demo
+    before = _mtimes(paths.root)
+    started = time.perf_counter()
+    again = build_demo(data_dir, size="tiny", seed=0, progress=False, train_editor=False)
+    assert time.perf_counter() - started < 5
+    assert again == paths
+    assert _mtimes(paths.root) == before
+
+
+@pytest.fixture
+def micro(monkeypatch):
+    """Make the 'tiny' size much smaller so rebuild tests take seconds."""
+    cfg = replace(PretrainConfig.preset("tiny"), max_steps=15, eval_every=10**9, max_seconds=None)
+    monkeypatch.setitem(demo_mod.DEMO_SIZES, "tiny", DemoSize(n_products=12, pretrain=cfg))
+
+
+def test_force_and_changed_inputs_rebuild(micro, tmp_path):
+    paths = build_demo(tmp_path, size="tiny", seed=0, progress=False, train_editor=False)
+    stamp = json.loads(paths.stamp_json.read_text())
+    assert stamp["key"]["seed"] == 0 and stamp["editors"] is False
+    assert build_demo(tmp_path, size="tiny", seed=0, progress=False, train_editor=False) == paths
+    assert json.loads(paths.stamp_json.read_text()) == stamp  # cached
+
+    build_demo(tmp_path, size="tiny", seed=0, force=True, progress=False, train_editor=False)
+    forced = json.loads(paths.stamp_json.read_text())
+    assert forced["built_at"] > stamp["built_at"]
+    world0 = paths.world_json.read_text()
+    assert world0 == generate_world(seed=0, n_products=12).to_json()
+
+    build_demo(tmp_path, size="tiny", seed=1, progress=False, train_editor=False)  # other seed
+    assert json.loads(paths.stamp_json.read_text())["key"]["seed"] == 1
+    assert paths.world_json.read_text() != world0
+    assert sorted(p.name for p in paths.root.parent.iterdir()) == [".tiny.lock", "tiny"]
+
+
+def test_failed_build_leaves_nothing_that_looks_complete(micro, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(demo_mod, "pretrain_lm", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        build_demo(tmp_path, size="tiny", progress=False, train_editor=False)
+    paths = demo_paths(tmp_path, "tiny")
+    assert not paths.root.exists()
+    assert [p.name for p in paths.root.parent.iterdir()] == [".tiny.lock"]
+
+
+def test_pretrain_lm_on_plain_strings(tmp_path):
+    texts = ["The sky is blue", "Grass is green", "Snow is white"] * 4
+    cfg = PretrainConfig(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=300,
+                         max_steps=5, warmup_steps=2, batch_size=4)
+    stats = pretrain_lm(texts, tmp_path / "m", cfg, progress=False)
+    assert stats["steps"] == 5 and stats["accuracy"] is None and stats["stopped"] == "max_steps"
+    assert (tmp_path / "m" / "config.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m", local_files_only=True).config.n_layer == 1
+
+
+def test_encode_pair_matches_in_context_tokenization():
+    texts = [f"{p} {a}" for p, a in generate_world(0, 20).pretraining_pairs()]
+    tok = train_tokenizer(texts, vocab_size=400)
+    p, a = encode_pair(tok, "The price of Zorvex 300 is", "49 dollars")
+    assert p + a == tok("The price of Zorvex 300 is 49 dollars")["input_ids"]
+    assert tok.decode(a) == " 49 dollars"

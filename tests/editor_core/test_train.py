@@ -1,0 +1,112 @@
+"""Meta-training: the decoupled backward equals plain autograd; checkpoints resume; reg applied once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editor_core.arch import get_module
+from editor_core.editor import SMEditor
+from editor_core.solve import shift_dense, solve_shift
+from editor_core.tokens import pair_batch, target_nll
+from editor_core.train import TrainConfig, _generalisation_batch, meta_train, train_step
+from editor_core.types import EditRequest, LocalityProbe
+from tests.editor_core.conftest import build_tiny
+
+REQUESTS = [
+    EditRequest("The capital of France is", "Rome", paraphrases=("France's capital is",),
+                locality=(LocalityProbe("Water boils at", "100 degrees"),)),
+    EditRequest("The price of the Zorvex 300 is", "12 dollars", paraphrases=("Zorvex 300 costs",),
+                locality=(LocalityProbe("Snow is", "white"),)),
+]
+
+
+class _ZeroLR(torch.optim.SGD):
+    """An optimiser that leaves parameters alone, so a test can read the gradients train_step made."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # keep .grad for inspection
+        pass
+
+
+def _reference_grads(editor: SMEditor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """S=1 loss differentiated end to end with autograd: shift kept in the graph via hooks."""
+    captures = editor.capture(REQUESTS)
+    for name, cap in captures.items():
+        editor.net_for(0, name)[0].update_stats(cap.keys, cap.grads)
+    editor.zero_grad(set_to_none=True)
+    shifts = {}
+    for name, cap in captures.items():
+        net, idx = editor.net_for(0, name)
+        dv = net.value_diffs(cap.keys, cap.grads, idx)
+        shifts[name] = shift_dense(solve_shift(cap.keys, dv, net.ridge_log(idx)))
+
+    def hook(shift):
+        return lambda module, args, out: out + args[0] @ shift
+
+    handles = [get_module(editor.model, n).register_forward_hook(hook(s)) for n, s in shifts.items()]
+    try:
+        batch = _generalisation_batch(editor.tokenizer, REQUESTS, cfg)
+        logits = editor.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = target_nll(logits, batch).mean() + cfg.reg_coef * sum(s.pow(2).sum() for s in shifts.values())
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: p.grad.clone() for n, p in editor.named_parameters() if p.grad is not None}
+
+
+def test_decoupled_backward_matches_end_to_end_autograd(tokenizer):
+    torch.manual_seed(0)
+    model = build_tiny("gpt2", len(tokenizer)).double()
+    cfg = TrainConfig(n_steps=1, reg="l2", reg_coef=0.5, rank=4, init_lr=0.5, batch_size=2, grad_clip=1e9)
+    ref_editor = SMEditor(model, tokenizer, cfg.editor_config()).double()
+    with torch.no_grad():  # make the blocks non-trivial so every parameter gets a gradient
+        for p in ref_editor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    editor = SMEditor(model, tokenizer, cfg.editor_config()).double()
+    editor.load_state_dict(ref_editor.state_dict())
+
+    expected = _reference_grads(ref_editor, cfg)
+    train_step(editor, REQUESTS, cfg, _ZeroLR(editor.parameters()))
+    got = {n: p.grad for n, p in editor.named_parameters() if p.grad is not None}
+
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_kl_step_runs_and_needs_locality_answers(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    cfg = TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, rank=4, init_lr=0.5, batch_size=2)
+    editor = SMEditor(model, tokenizer, cfg.editor_config())
+    opt = torch.optim.Adam(editor.parameters(), lr=1e-3)
+    stats = train_step(editor, REQUESTS, cfg, opt)
+    assert stats["kl"] >= 0
+    with pytest.raises(ValueError, match="locality probes"):
+        train_step(editor, [EditRequest("a b", "c")], cfg, opt)
+
+
+def test_meta_train_is_seeded_and_resumable(tokenizer, tmp_path):
+    model = build_tiny("gpt2", len(tokenizer))
+    requests = REQUESTS * 4
+    cfg = TrainConfig(n_steps=2, rank=4, batch_size=2, max_steps=4, val_every=2, val_size=2, seed=3)
+    full = meta_train(model, tokenizer, requests, REQUESTS, cfg, tmp_path / "full", progress=False)
+
+    half = TrainConfig(**{**cfg.__dict__, "max_steps": 2})
+    meta_train(model, tokenizer, requests, REQUESTS, half, tmp_path / "resumed", progress=False)
+    resumed = meta_train(model, tokenizer, requests, REQUESTS, cfg, tmp_path / "resumed", progress=False)
+    again = meta_train(model, tokenizer, requests, REQUESTS, cfg, tmp_path / "again", progress=False)
+
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0, msg=f"not seeded: {k}")
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-7, msg=f"resume differs: {k}")
+    loaded = SMEditor.load(tmp_path / "full", model, tokenizer)
+    assert loaded.editor_id == full.editor_id
+
+
+def test_train_config_rejects_unknown_regulariser():
+    with pytest.raises(ValueError, match="reg must be"):
+        TrainConfig(reg="l1")
