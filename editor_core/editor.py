@@ -48,6 +48,7 @@ class EditorConfig:
     edit_batch_size: int = 32
     token_chunk: int = 4096
     max_length: int = 128
+    precondition: str = "full"  # key-covariance ridge: full, diag (huge d_in) or none (MALMEN)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +111,8 @@ class SMEditor(nn.Module):
         self.nets = nn.ModuleList(
             nn.ModuleDict(
                 {
-                    key: HyperNet(d_in, d_out, max(1, cfg.rank // (step + 1)), cfg.n_blocks, len(groups[key]), cfg.init_lr)
+                    key: HyperNet(d_in, d_out, max(1, cfg.rank // (step + 1)), cfg.n_blocks, len(groups[key]),
+                                  cfg.init_lr, cfg.precondition)
                     for key, (d_in, d_out) in shapes.items()
                 }
             )
@@ -169,7 +171,7 @@ class SMEditor(nn.Module):
 
     def solve(self, step: int, name: str, keys: torch.Tensor, value_diffs: torch.Tensor) -> Shift:
         net, idx = self.net_for(step, name)
-        return solve_shift(keys, value_diffs, net.ridge_log(idx))
+        return solve_shift(keys, value_diffs, net.ridge_log(idx), net.key_moment.precision(keys.dtype))
 
     def run_steps(
         self, requests: Sequence[EditRequest], update_stats: bool = False, progress: bool = False

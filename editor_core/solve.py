@@ -16,18 +16,35 @@ import torch
 Shift = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def solve_shift(keys: torch.Tensor, value_diffs: torch.Tensor, log_ridge: torch.Tensor) -> Shift:
-    """Ridge least squares for one module; differentiable in ``value_diffs`` and ``log_ridge``."""
+def solve_shift(
+    keys: torch.Tensor,
+    value_diffs: torch.Tensor,
+    log_ridge: torch.Tensor,
+    precision: torch.Tensor | None = None,
+) -> Shift:
+    """Ridge least squares for one module; differentiable in ``value_diffs`` and ``log_ridge``.
+
+    ``precision`` is ``C⁻¹`` for a key-covariance-weighted ridge (a ``[d_in, d_in]`` matrix or a
+    ``[d_in]`` diagonal): ``dW = (KᵀK + e^λ C)⁻¹ KᵀdV = C⁻¹Kᵀ (K C⁻¹ Kᵀ + e^λ I)⁻¹ dV``.
+    ``None`` is the identity (MALMEN's plain ridge).
+    """
     n, d_in = keys.shape
     ridge = log_ridge.exp()
+    if precision is None:
+        weighted = keys
+    elif precision.dim() == 1:
+        weighted = keys * precision
+    else:
+        weighted = keys @ precision  # rows of K C⁻¹ (C is symmetric)
     if n <= d_in:
-        gram = keys @ keys.T
+        gram = keys @ weighted.T
         eye = torch.eye(n, dtype=keys.dtype, device=keys.device)
         b = torch.linalg.solve(gram + ridge * eye, value_diffs)
-        return keys.T.contiguous(), b
-    gram = keys.T @ keys
+        return weighted.T.contiguous(), b
+    # d×d form, written with the precision so that one code path serves every case:
+    # (C⁻¹KᵀK + e^λ I) dW = C⁻¹KᵀdV.
     eye = torch.eye(d_in, dtype=keys.dtype, device=keys.device)
-    return torch.linalg.solve(gram + ridge * eye, keys.T @ value_diffs)
+    return torch.linalg.solve(weighted.T @ keys + ridge * eye, weighted.T @ value_diffs)
 
 
 def shift_dense(shift: Shift) -> torch.Tensor:

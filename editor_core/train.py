@@ -60,6 +60,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     include_prompt: bool = True
     max_length: int = 128
+    precondition: str = "full"
 
     def __post_init__(self) -> None:
         if self.reg not in REGULARISERS:
@@ -75,6 +76,7 @@ class TrainConfig:
             n_blocks=self.n_blocks,
             init_lr=self.init_lr or 1.0,
             max_length=self.max_length,
+            precondition=self.precondition,
         )
 
 
@@ -154,7 +156,7 @@ def backprop_to_hypernets(
             net, idx = editor.net_for(step, name)
             value_diffs = record.value_diffs[name].detach().requires_grad_(True)
             with torch.enable_grad():
-                dense = shift_dense(solve_shift(cap.keys, value_diffs, net.ridge_log(idx)))
+                dense = shift_dense(editor.solve(step, name, cap.keys, value_diffs))
                 (dense * weight_grads[name]).sum().backward()
             upstream = value_diffs.grad
             chunk = editor.config.token_chunk

@@ -117,6 +117,23 @@ def test_solve_is_the_ridge_normal_equation(n):
     torch.testing.assert_close(shift_dense(shift), expected)
 
 
+@pytest.mark.parametrize("n", [5, 80])
+@pytest.mark.parametrize("kind", ["full", "diag"])
+def test_covariance_weighted_solve(n, kind):
+    torch.manual_seed(1)
+    keys, dv = torch.randn(n, 40, dtype=torch.float64), torch.randn(n, 7, dtype=torch.float64)
+    lam = torch.tensor(-0.5, dtype=torch.float64)
+    if kind == "full":
+        root = torch.randn(40, 40, dtype=torch.float64)
+        cov = root @ root.T / 40 + 0.1 * torch.eye(40, dtype=torch.float64)
+        precision = torch.linalg.inv(cov)
+    else:
+        cov_diag = torch.rand(40, dtype=torch.float64) + 0.1
+        cov, precision = torch.diag(cov_diag), 1 / cov_diag
+    expected = torch.linalg.solve(keys.T @ keys + lam.exp() * cov, keys.T @ dv)
+    torch.testing.assert_close(shift_dense(solve_shift(keys, dv, lam, precision)), expected)
+
+
 def test_delta_roundtrip_bytes_and_low_rank_storage(tokenizer):
     model = build_tiny("gpt2", len(tokenizer))
     editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8))

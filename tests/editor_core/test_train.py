@@ -41,7 +41,7 @@ def _reference_grads(editor: SMEditor, cfg: TrainConfig) -> dict[str, torch.Tens
     for name, cap in captures.items():
         net, idx = editor.net_for(0, name)
         dv = net.value_diffs(cap.keys, cap.grads, idx)
-        shifts[name] = shift_dense(solve_shift(cap.keys, dv, net.ridge_log(idx)))
+        shifts[name] = shift_dense(solve_shift(cap.keys, dv, net.ridge_log(idx), net.key_moment.precision(dv.dtype)))
 
     def hook(shift):
         return lambda module, args, out: out + args[0] @ shift
