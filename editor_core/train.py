@@ -138,7 +138,7 @@ def edited_loss_grads(
                 edited = _masked_logprobs(model, loc)
                 kl = (base_loc_logprobs.exp() * (base_loc_logprobs - edited)).sum(-1).mean()
                 loss = loss + cfg.reg_coef * kl
-                stats["kl"] = float(kl)
+                stats["kl"] = float(kl.detach())
             loss.backward()
         return _weight_grads(editor), stats
     finally:

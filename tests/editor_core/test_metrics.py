@@ -1,0 +1,91 @@
+"""Metrics and the evaluation harness: consistency between teacher forcing and decoding, locality,
+baselines, and the model being left exactly as it was."""
+
+from __future__ import annotations
+
+import torch
+
+from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
+from editor_core.delta import Delta
+from editor_core.evaluate import evaluate_editing
+from editor_core.metrics import (
+    generation_success,
+    greedy_answers,
+    locality_reference,
+    locality_scores,
+    score_requests,
+    teacher_forced,
+)
+from editor_core.types import EditRequest, LocalityProbe
+from tests.editor_core.conftest import build_tiny
+
+PROMPTS = ["The capital of France is", "Water boils at", "The price of the Zorvex 300 is"]
+
+
+def test_greedy_answers_match_transformers_generate(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    ours = greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=5)
+    for prompt, answer in zip(PROMPTS, ours):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == answer
+
+
+def test_generation_and_teacher_forcing_agree_on_the_models_own_answer(tokenizer):
+    model = build_tiny("llama", len(tokenizer))
+    answers = [a.strip() or "x" for a in greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=3)]
+    scores = teacher_forced(model, tokenizer, PROMPTS, answers)
+    gen = generation_success(model, tokenizer, PROMPTS, answers)
+    for s, g, a in zip(scores, gen, answers):
+        assert 0.0 <= s.token_acc <= 1.0
+        assert s.exact == (s.token_acc == 1.0)
+        if s.exact:
+            assert g, f"teacher forcing says exact for {a!r}, decoding disagrees"
+
+
+def test_locality_is_one_without_edit_and_drops_under_a_large_shift(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    probes = [LocalityProbe("Water boils at", "100 degrees"), LocalityProbe("Snow is")]
+    ref = locality_reference(model, tokenizer, probes)
+    assert locality_scores(model, tokenizer, probes, ref) == [1.0, 1.0]
+    torch.manual_seed(0)
+    name = "transformer.h.3.mlp.c_proj"
+    big = Delta({name: 50 * torch.randn(128, 32)})
+    with big.applied_to(model):
+        assert min(locality_scores(model, tokenizer, probes, ref)) < 1.0
+    assert locality_scores(model, tokenizer, probes, ref) == [1.0, 1.0]
+
+
+def test_score_requests_reports_paraphrases_only_when_given(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    requests = [EditRequest(PROMPTS[0], "Rome", paraphrases=("France's capital is", "Capital of France:")),
+                EditRequest(PROMPTS[1], "90 degrees")]
+    scores = score_requests(model, tokenizer, requests)
+    assert scores[0].gs is not None and scores[1].gs is None
+    assert all(0.0 <= s.es <= 1.0 for s in scores)
+
+
+def test_evaluate_harness_restores_the_model_and_no_edit_keeps_locality(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    requests = [EditRequest(p, "Rome", paraphrases=(p + ":",), locality=(LocalityProbe("Snow is", "white"),))
+                for p in PROMPTS]
+    report = evaluate_editing(model, tokenizer, NoEdit().edit, requests, batch_size=2, sequential=2)
+    assert report["summary"]["ls"] == 1.0
+    assert report["summary"]["n_requests"] == 3
+    ftl = evaluate_editing(model, tokenizer, FTLEditor(model, tokenizer).edit, requests, batch_size=3)
+    assert ftl["summary"]["n_requests"] == 3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_ftl_respects_its_norm_bound_and_fits_the_edits(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    requests = [EditRequest(PROMPTS[0], "Rome")]
+    base = teacher_forced(model, tokenizer, [PROMPTS[0]], ["Rome"])[0].mean_logprob
+    editor = FTLEditor(model, tokenizer, FTLConfig(steps=20, lr=0.05, norm_bound=0.05))
+    delta = editor.edit(requests)
+    for name in delta.module_names:
+        assert delta.dense(name).abs().max() <= 0.05 + 1e-7
+    with delta.applied_to(model):
+        after = teacher_forced(model, tokenizer, [PROMPTS[0]], ["Rome"])[0].mean_logprob
+    assert after > base
