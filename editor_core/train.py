@@ -61,10 +61,13 @@ class TrainConfig:
     include_prompt: bool = True
     max_length: int = 128
     precondition: str = "full"
+    l2_metric: str = "frobenius"  # or "key": penalise the shift's effect on typical keys
 
     def __post_init__(self) -> None:
         if self.reg not in REGULARISERS:
             raise ValueError(f"reg must be one of {REGULARISERS}, got {self.reg!r}")
+        if self.l2_metric not in ("frobenius", "key"):
+            raise ValueError(f"l2_metric must be frobenius or key, got {self.l2_metric!r}")
         if self.n_steps < 1 or self.batch_size < 1 or self.max_steps < 0:
             raise ValueError("n_steps and batch_size must be >= 1, max_steps >= 0")
 
@@ -167,6 +170,34 @@ def backprop_to_hypernets(
                     (predicted * upstream[start:end]).sum().backward()
 
 
+def shift_penalty(
+    editor: SMEditor, records: list[StepRecord], cfg: TrainConfig
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """SMEdit's L2 term ``sum_m ||dW_m||²`` over the total shift of each module, and its gradient.
+
+    ``l2_metric="key"`` measures the shift in the metric of the keys instead,
+    ``tr(dWᵀ C̄ dW)`` with ``C̄`` the keys' second moment scaled to unit mean eigenvalue: the expected
+    squared output change on typical prompts, which is what locality is about. ``frobenius`` is
+    the paper's plain norm.
+    """
+    value, grads = 0.0, {}
+    for name in editor.module_names:
+        parts = [r.delta.dense(name) for r in records if name in r.delta]
+        if not parts:
+            continue
+        total = torch.stack(parts).sum(0)
+        moment = editor.net_for(0, name)[0].key_moment
+        if cfg.l2_metric == "key" and moment.mode == "full" and moment.count > 0:
+            metric = (moment.moment / (torch.trace(moment.moment) / moment.moment.shape[0])).to(total.dtype)
+            weighted = metric @ total
+            value += float((total * weighted).sum())
+            grads[name] = 2.0 * weighted
+        else:
+            value += float(total.pow(2).sum())
+            grads[name] = 2.0 * total
+    return value, grads
+
+
 def train_step(
     editor: SMEditor,
     requests: Sequence[EditRequest],
@@ -186,11 +217,9 @@ def train_step(
     finally:
         editor.revert_steps(records)
     if cfg.reg == "l2":
-        sq_norm = 0.0
-        for name in editor.module_names:
-            total = sum(r.delta.dense(name) for r in records if name in r.delta)
-            sq_norm += float(total.pow(2).sum())
-            weight_grads[name] = weight_grads[name] + 2.0 * cfg.reg_coef * total
+        sq_norm, grads = shift_penalty(editor, records, cfg)
+        for name, grad in grads.items():
+            weight_grads[name] = weight_grads[name] + cfg.reg_coef * grad
         stats["l2"] = sq_norm
     backprop_to_hypernets(editor, records, weight_grads)
     stats["grad_norm"] = float(nn.utils.clip_grad_norm_(editor.parameters(), cfg.grad_clip))
@@ -222,8 +251,7 @@ def _objective(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConf
     finally:
         editor.revert_steps(records)
     if cfg.reg == "l2":
-        for name in editor.module_names:
-            loss += cfg.reg_coef * float(sum(r.delta.dense(name) for r in records if name in r.delta).pow(2).sum())
+        loss += cfg.reg_coef * shift_penalty(editor, records, cfg)[0]
     return loss
 
 
@@ -306,12 +334,7 @@ def meta_train(
         raise ValueError(f"need at least batch_size={config.batch_size} training requests, got {len(train_requests)}")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    editor = SMEditor(model, tokenizer, config.editor_config())
-    if config.init_lr is None:
-        calibration = rng.sample(list(train_requests), config.batch_size)
-        warm_normalisers(editor, rng.sample(list(train_requests), min(len(train_requests), 4 * config.batch_size)))
-        editor.config.init_lr = calibrate_init_lr(editor, calibration, config)
-    optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
+    pool = list(train_requests)
     start, history = 0, []
     state_path = out / "trainer_state.pt"
     if resume and state_path.is_file() and (out / "editor.json").is_file():
@@ -323,8 +346,14 @@ def meta_train(
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
         history = json.loads((out / "editor.json").read_text()).get("history", [])
+    else:
+        editor = SMEditor(model, tokenizer, config.editor_config())
+        if config.init_lr is None:
+            calibration = rng.sample(pool, config.batch_size)
+            warm_normalisers(editor, rng.sample(pool, min(len(pool), 4 * config.batch_size)))
+            editor.config.init_lr = calibrate_init_lr(editor, calibration, config)
+        optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
     val = list(val_requests)[: config.val_size]
-    pool = list(train_requests)
     bar = tqdm(range(start, config.max_steps), desc=f"meta-train S={config.n_steps} {config.reg}",
                disable=not progress, initial=start, total=config.max_steps)
     t0 = time.perf_counter()
