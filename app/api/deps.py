@@ -1,0 +1,50 @@
+"""Shared helpers of the routers: the services object and model conversions."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request, status
+
+from app.main import Services
+from app.models import Edit, Job, Version
+from app.schemas import EditOut, JobOut, Timings, VersionOut
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def model_engine(request: Request):  # noqa: ANN201 - app.engine.Engine, imported lazily
+    svc = services(request)
+    if svc.engine is None:
+        detail = svc.startup_error or "model is still loading; see /readyz"
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})
+    return svc.engine
+
+
+def edit_out(e: Edit) -> EditOut:
+    queued = (e.started_at - e.created_at).total_seconds() if e.started_at else None
+    run = (e.finished_at - e.started_at).total_seconds() if e.finished_at and e.started_at else None
+    total = (e.finished_at - e.created_at).total_seconds() if e.finished_at else None
+    return EditOut(
+        id=e.id, status=e.status, prompt=e.prompt, target=e.target, paraphrases=list(e.paraphrases or []),
+        locality=list(e.locality or []), author=e.author, reason=e.reason, submitted_by=e.submitted_by,
+        created_at=e.created_at, started_at=e.started_at, finished_at=e.finished_at,
+        applied_version=e.applied_version, reverted_version=e.reverted_version, delta_id=e.delta_id,
+        metrics=e.metrics, error=e.error, timings=Timings(queued_s=queued, run_s=run, total_s=total),
+    )
+
+
+def job_out(j: Job) -> JobOut:
+    return JobOut(
+        id=j.id, kind=j.kind, status=j.status, edit_id=j.edit_id, target_version=j.target_version,
+        requested_by=j.requested_by, created_at=j.created_at, finished_at=j.finished_at,
+        result_version=j.result_version, error=j.error,
+    )
+
+
+def version_out(v: Version, live: int | None) -> VersionOut:
+    return VersionOut(
+        number=v.number, kind=v.kind, created_at=v.created_at, active_deltas=list(v.active_deltas),
+        weights_hash=v.weights_hash, job_id=v.job_id, created_by=v.created_by, note=v.note,
+        edit_ids=list(v.edit_ids or []), live=live == v.number,
+    )

@@ -1,0 +1,168 @@
+"""Submitting edits, their status and history, revert, review (approve / reject), job status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import IntegrityError
+
+from app import repository as repo
+from app.api.deps import edit_out, job_out, services
+from app.auth import Principal, require
+from app.db import session_scope
+from app.schemas import EditOut, EditSubmission, JobAccepted, JobOut, Page, ReviewIn, SubmitOut, check_submission
+
+router = APIRouter(prefix="/v1", tags=["edits"])
+
+EditStatus = Literal["queued", "running", "applied", "rejected", "needs_review", "failed", "reverted"]
+
+
+def _submit_out(request: Request, ids: list[int], duplicate: bool) -> SubmitOut:
+    urls = [str(request.url_for("get_edit", edit_id=i)) for i in ids]
+    return SubmitOut(edit_ids=ids, status_urls=urls, status_url=urls[0], duplicate=duplicate)
+
+
+@router.post("/edits", status_code=status.HTTP_202_ACCEPTED, response_model=SubmitOut)
+def submit_edits(
+    body: EditSubmission,
+    request: Request,
+    principal: Principal = Depends(require("edit")),
+    idempotency_header: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> SubmitOut:
+    """Persist the edits (and their jobs), then queue them; answers before they are computed."""
+    svc = services(request)
+    errors = check_submission(body, svc.settings)
+    if errors:
+        raise RequestValidationError(errors)
+    key = body.idempotency_key or idempotency_header
+    payload = body.model_dump(exclude={"idempotency_key"})
+    fingerprint = repo.request_fingerprint(payload)
+    items = [
+        repo.NewEdit(e.prompt, e.target, list(e.paraphrases), [p.model_dump() for p in e.locality]) for e in body.edits
+    ]
+    author = body.author or principal.name
+    for attempt in range(2):
+        if key is not None:
+            with session_scope(svc.sessions) as s:
+                prior = repo.find_idempotent(s, key)
+                if prior is not None:
+                    if prior.request_hash != fingerprint:
+                        raise HTTPException(
+                            status.HTTP_409_CONFLICT,
+                            f"idempotency key {key!r} was already used for a different request",
+                        )
+                    return _submit_out(request, list(prior.edit_ids), duplicate=True)
+        try:
+            with session_scope(svc.sessions) as s:
+                edits, jobs = repo.create_edits(
+                    s, items, author, body.reason, principal.name, idempotency_key=key, request_hash=fingerprint
+                )
+                edit_ids, job_ids = [e.id for e in edits], [j.id for j in jobs]
+            break
+        except IntegrityError:
+            if key is None or attempt == 1:
+                raise
+            # A concurrent request with the same key won the race: answer with its edits.
+    for _ in edit_ids:
+        svc.metrics.edits.labels("queued").inc()
+    for job_id in job_ids:
+        svc.queue.put(job_id)  # after commit: the worker never sees a job that isn't stored
+    return _submit_out(request, edit_ids, duplicate=False)
+
+
+@router.get("/edits", response_model=Page[EditOut])
+def list_edits(
+    request: Request,
+    _: Principal = Depends(require("read")),
+    status_: Annotated[EditStatus | None, Query(alias="status")] = None,
+    author: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="text in prompt, target or reason")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[EditOut]:
+    """History of edits, newest first."""
+    with session_scope(services(request).sessions) as s:
+        rows, total = repo.list_edits(s, status_, author, since, until, q, limit, offset)
+        return Page[EditOut](items=[edit_out(e) for e in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/edits/{edit_id}", response_model=EditOut, name="get_edit")
+def get_edit(edit_id: int, request: Request, _: Principal = Depends(require("read"))) -> EditOut:
+    with session_scope(services(request).sessions) as s:
+        try:
+            return edit_out(repo.get_edit(s, edit_id))
+        except repo.NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.post("/edits/{edit_id}/revert", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+def revert_edit(edit_id: int, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
+    """Queue a revert: a new version without this edit (see docs/api.md for batch semantics)."""
+    svc = services(request)
+    with session_scope(svc.sessions) as s:
+        try:
+            edit = repo.get_edit(s, edit_id)
+        except repo.NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        if edit.status != "applied":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, only applied edits can be reverted")
+        job = repo.create_job(s, "revert", principal.name, edit_id=edit_id)
+        job_id = job.id
+    svc.queue.put(job_id)
+    return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
+
+
+@router.post("/edits/{edit_id}/approve", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+def approve_edit(
+    edit_id: int, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
+) -> JobAccepted:
+    """Review mode: apply an edit the gate held back (recomputed on the current model, gate waived)."""
+    svc = services(request)
+    with session_scope(svc.sessions) as s:
+        try:
+            edit = repo.get_edit(s, edit_id)
+        except repo.NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        if edit.status != "needs_review":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, not needs_review")
+        edit.status, edit.approved, edit.reviewed_by, edit.error = "queued", True, principal.name, None
+        job = repo.create_job(s, "edit", principal.name, edit_id=edit_id)
+        job_id = job.id
+    svc.metrics.edits.labels("queued").inc()
+    svc.queue.put(job_id)
+    return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
+
+
+@router.post("/edits/{edit_id}/reject", response_model=EditOut)
+def reject_edit(
+    edit_id: int, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
+) -> EditOut:
+    """Review mode: a held edit is rejected for good (its numbers stay in the history)."""
+    svc = services(request)
+    with session_scope(svc.sessions) as s:
+        try:
+            edit = repo.get_edit(s, edit_id)
+        except repo.NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        if edit.status != "needs_review":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, not needs_review")
+        edit.status, edit.reviewed_by = "rejected", principal.name
+        if body is not None and body.note:
+            edit.error = f"rejected in review: {body.note}"
+        out = edit_out(edit)
+    svc.metrics.edits.labels("rejected").inc()
+    return out
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, name="get_job")
+def get_job(job_id: int, request: Request, _: Principal = Depends(require("read"))) -> JobOut:
+    with session_scope(services(request).sessions) as s:
+        try:
+            return job_out(repo.get_job(s, job_id))
+        except repo.NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

@@ -1,0 +1,41 @@
+"""API key management (admin only). Tokens are returned once, at creation; only hashes are kept."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+
+from app import repository as repo
+from app.api.deps import services
+from app.auth import Principal, require
+from app.db import session_scope
+from app.schemas import KeyCreated, KeyIn, KeyOut
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+def _out(row: repo.ApiKey) -> KeyOut:
+    return KeyOut(id=row.id, name=row.name, scopes=list(row.scopes), created_at=row.created_at, revoked_at=row.revoked_at)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+def create_key(body: KeyIn, request: Request, _: Principal = Depends(require("admin"))) -> KeyCreated:
+    with session_scope(services(request).sessions) as s:
+        row, token = repo.create_api_key(s, body.name, body.scopes)
+        return KeyCreated(**_out(row).model_dump(), key=token)
+
+
+@router.get("", response_model=list[KeyOut])
+def list_keys(request: Request, _: Principal = Depends(require("admin"))) -> list[KeyOut]:
+    with session_scope(services(request).sessions) as s:
+        return [_out(r) for r in repo.list_api_keys(s)]
+
+
+@router.delete("/{key_id}", response_model=KeyOut)
+def revoke_key(key_id: int, request: Request, principal: Principal = Depends(require("admin"))) -> KeyOut:
+    if key_id == principal.key_id:
+        raise HTTPException(status.HTTP_409_CONFLICT, "refusing to revoke the key making this request")
+    with session_scope(services(request).sessions) as s:
+        try:
+            return _out(repo.revoke_api_key(s, key_id))
+        except repo.NotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

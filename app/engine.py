@@ -1,0 +1,340 @@
+"""The only module of the service that talks to ``editor_core``.
+
+If the library's API moves, this file changes and nothing else does. ``Engine`` owns the model,
+the editor and the ``WeightState`` (base weights + ordered active deltas), and serialises every
+use of the model behind one re-entrant lock: inference never runs while a delta is half-applied,
+and the worker can hold the lock across "materialise new state -> commit to DB -> mark live" so
+that no request ever sees a version that is not (yet) committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from editor_core import metrics as ec_metrics
+from editor_core.delta import Delta
+from editor_core.editor import EditorConfig, SMEditor
+from editor_core.models import load_model, model_fingerprint
+from editor_core.state import WeightState
+from editor_core.tokens import split_pair
+from editor_core.types import EditRequest, LocalityProbe
+
+log = logging.getLogger("app.engine")
+
+__all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "Engine", "EditMeasure", "GenerateResult", "ProbeResult"]
+
+
+class ContextTooLong(ValueError):
+    """An inference input longer than the model's context; ``field`` names the request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class EditMeasure:
+    """What the gate looks at for one edit, on the candidate model state."""
+
+    es: float
+    es_exact: float
+    es_first: float
+    es_gen: float
+    gs: float | None
+    gs_exact: float | None
+    gs_gen: float | None
+    locality: float | None  # mean LS on the edit's own locality probes (None without probes)
+    canary_changed: float | None  # fraction of canaries whose greedy answer changed (batch)
+    canary_total: int = 0
+    changed_canaries: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(vars(self))
+        for key, value in list(out.items()):
+            if isinstance(value, float) and math.isnan(value):
+                out[key] = None
+        return out
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    version: int
+    tokens: int
+
+
+@dataclass
+class ProbeResult:
+    probability: float
+    logprob: float
+    first_token_rank: int
+    greedy: bool
+    greedy_text: str
+    version: int
+
+
+class Engine:
+    """Base model + editor + weight state, with a live version number that waiters can block on."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        editor_dir: str | Path | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.editor_dir = Path(editor_dir) if editor_dir else None
+        t0 = time.perf_counter()
+        self.model, self.tokenizer = load_model(self.model_dir, device=device, dtype=dtype)
+        if self.editor_dir is not None:
+            self.editor = SMEditor.load(self.editor_dir, self.model, self.tokenizer)
+        else:
+            log.warning("no editor checkpoint configured: using an UNTRAINED editor (edits will be weak)")
+            self.editor = SMEditor(self.model, self.tokenizer, EditorConfig())
+        self.module_names: list[str] = list(self.editor.module_names)
+        self.fingerprint: str = model_fingerprint(self.model)
+        self.editor_id: str = str(self.editor.editor_id)
+        self.device = str(next(self.model.parameters()).device)
+        self.dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
+        self.state = WeightState(self.model, self.module_names)
+        self.lock = threading.RLock()
+        self._version_cond = threading.Condition()
+        self.live_version: int | None = None
+        self.live_hash: str = self.state.weights_hash()
+        self.base_hash: str = self.live_hash
+        self.active_ids: list[int] = []
+        config = self.model.config
+        self.context: int | None = getattr(config, "n_positions", None) or getattr(
+            config, "max_position_embeddings", None
+        )
+        self.load_s = time.perf_counter() - t0
+
+    def _check_context(self, n_tokens: int, field: str) -> None:
+        """Inputs beyond the model's context would crash inside torch; say so as a field error."""
+        if self.context is not None and n_tokens > self.context:
+            raise ContextTooLong(field, f"needs {n_tokens} tokens; the model's context is {self.context}")
+
+    # ---- deltas -----------------------------------------------------------------------------
+    @staticmethod
+    def delta_from_bytes(blob: bytes) -> Delta:
+        return Delta.from_bytes(blob)
+
+    @staticmethod
+    def delta_to_bytes(delta: Delta) -> bytes:
+        return delta.to_bytes()
+
+    @staticmethod
+    def delta_modules(delta: Delta) -> list[str]:
+        return list(delta.module_names)
+
+    def check_delta(self, delta: Delta) -> None:
+        """Refuse a delta made for another base model (would silently corrupt the weights)."""
+        made_for = delta.metadata.get("base_fingerprint")
+        if made_for and made_for != self.editor.base_fingerprint:
+            raise ValueError(f"delta was made for base model {made_for}, this one is {self.editor.base_fingerprint}")
+
+    # ---- state ------------------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model: no inference runs until the block ends."""
+        with self.lock:
+            yield
+
+    def set_state(self, deltas: Sequence[Delta]) -> str:
+        """Make the weights exactly base + deltas (in order) and return their hash."""
+        with self.lock:
+            self.state.set_active(list(deltas))
+            return self.state.weights_hash()
+
+    def mark_live(self, version: int, active_ids: Sequence[int], weights_hash: str) -> None:
+        """Announce locally that the current weights are ``version`` (wakes min_version waiters)."""
+        with self._version_cond:
+            self.live_version = version
+            self.active_ids = list(active_ids)
+            self.live_hash = weights_hash
+            self._version_cond.notify_all()
+
+    def materialize(self, version: int, active: Sequence[tuple[int, Delta]]) -> str:
+        """Switch to ``version`` = base + the given (id, delta) pairs; returns the weights hash."""
+        with self.lock:
+            digest = self.set_state([d for _, d in active])
+            self.mark_live(version, [i for i, _ in active], digest)
+            return digest
+
+    def weights_hash(self) -> str:
+        with self.lock:
+            return self.state.weights_hash()
+
+    def wait_for_version(self, version: int, timeout: float) -> bool:
+        """Block until ``live_version >= version`` or the timeout passes."""
+        deadline = time.monotonic() + timeout
+        with self._version_cond:
+            while self.live_version is None or self.live_version < version:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._version_cond.wait(left)
+            return True
+
+    # ---- editing ----------------------------------------------------------------------------
+    def compute(self, requests: Sequence[EditRequest]) -> Delta:
+        """The delta writing ``requests`` into the model as it is now (one batch, S steps)."""
+        with self.lock:
+            return self.editor.edit(list(requests))
+
+    def canary_answers(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
+        """Greedy answers of the canaries on the current weights (the gate's reference)."""
+        if not prompts:
+            return []
+        with self.lock:
+            return ec_metrics.greedy_answers(self.model, self.tokenizer, list(prompts), max_tokens)
+
+    def measure(
+        self,
+        requests: Sequence[EditRequest],
+        candidate: Sequence[Delta],
+        restore: Sequence[Delta],
+        canaries: Sequence[str] = (),
+        canary_reference: Sequence[str] = (),
+        canary_tokens: int = 4,
+    ) -> list[EditMeasure]:
+        """Score each request on the weights ``base + candidate``, then go back to ``base + restore``.
+
+        Both states are rebuilt by ``WeightState`` from the fp32 masters, so measuring leaves the
+        live weights bit-identical. The canary fraction is a property of the whole candidate
+        state, so every request of the batch gets the same value.
+        """
+        requests = list(requests)
+        with self.lock:
+            loc_refs = []
+            for r in requests:
+                probes = list(r.locality)
+                loc_refs.append(ec_metrics.locality_reference(self.model, self.tokenizer, probes) if probes else None)
+            self.state.set_active(list(candidate))
+            try:
+                scores = ec_metrics.score_requests(self.model, self.tokenizer, requests)
+                locality = [
+                    _mean(ec_metrics.locality_scores(self.model, self.tokenizer, list(r.locality), ref)) if ref else None
+                    for r, ref in zip(requests, loc_refs)
+                ]
+                changed: list[str] = []
+                if canaries:
+                    after = ec_metrics.greedy_answers(self.model, self.tokenizer, list(canaries), canary_tokens)
+                    changed = [p for p, a, b in zip(canaries, after, canary_reference) if a.strip() != b.strip()]
+            finally:
+                self.state.set_active(list(restore))
+        frac = len(changed) / len(canaries) if canaries else None
+        return [
+            EditMeasure(
+                es=s.es, es_exact=s.es_exact, es_first=s.es_first, es_gen=s.es_gen,
+                gs=s.gs, gs_exact=s.gs_exact, gs_gen=s.gs_gen, locality=loc,
+                canary_changed=frac, canary_total=len(canaries), changed_canaries=changed[:10],
+            )
+            for s, loc in zip(scores, locality)
+        ]
+
+    # ---- inference --------------------------------------------------------------------------
+    def generate(
+        self, prompt: str, max_tokens: int, temperature: float = 0.0, stop: Sequence[str] = (), seed: int | None = None
+    ) -> GenerateResult:
+        """Greedy (temperature 0) or sampled continuation of ``prompt`` on the live version."""
+        with self.lock:
+            version = self.live_version if self.live_version is not None else -1
+            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.model.device)
+            self._check_context(int(ids.shape[1]) + max_tokens, "max_tokens")
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_tokens,
+                "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                "attention_mask": torch.ones_like(ids),
+            }
+            if temperature > 0:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else:
+                kwargs.update(do_sample=False)
+            with torch.no_grad():
+                out = self.model.generate(ids, **kwargs)
+            new = out[0, ids.shape[1]:]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+        cut = len(text)
+        for s in stop:
+            idx = text.find(s)
+            if s and idx != -1:
+                cut = min(cut, idx)
+        return GenerateResult(text=text[:cut], version=version, tokens=int(new.shape[0]))
+
+    def probe(self, prompt: str, target: str) -> ProbeResult:
+        """P(target | prompt) teacher forced, the rank of its first token, and greedy success."""
+        with self.lock:
+            version = self.live_version if self.live_version is not None else -1
+            prompt_ids, target_ids = split_pair(self.tokenizer, prompt, target)
+            self._check_context(len(prompt_ids) + len(target_ids), "prompt")
+            ids = torch.tensor([prompt_ids + target_ids], device=self.model.device)
+            with torch.no_grad():
+                logits = self.model(input_ids=ids).logits[0].float()
+            logprobs = logits.log_softmax(-1)
+            n = len(prompt_ids)
+            positions = torch.arange(n - 1, n - 1 + len(target_ids), device=logits.device)
+            tgt = torch.tensor(target_ids, device=logits.device)
+            lp = float(logprobs[positions, tgt].sum())
+            first = logprobs[n - 1]
+            rank = int((first > first[target_ids[0]]).sum()) + 1
+            answer = ec_metrics.greedy_answers(self.model, self.tokenizer, [prompt], len(target_ids))[0]
+        greedy = " ".join(answer.split()).lower().startswith(" ".join(target.split()).lower())
+        return ProbeResult(
+            probability=math.exp(lp), logprob=lp, first_token_rank=rank, greedy=greedy,
+            greedy_text=answer, version=version,
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "editor_dir": str(self.editor_dir) if self.editor_dir else None,
+            "editor_id": self.editor_id,
+            "base_fingerprint": self.fingerprint,
+            "device": self.device,
+            "dtype": self.dtype,
+            "edited_modules": self.module_names,
+            "live_version": self.live_version,
+            "weights_hash": self.weights_hash(),  # recomputed from the bits, not remembered
+            "active_deltas": self.active_ids,
+        }
+
+
+def make_request(prompt: str, target: str, paraphrases: Sequence[str] = (), locality: Sequence[dict[str, Any]] = ()) -> EditRequest:
+    """Build the library's request type from stored (JSON) edit fields."""
+    return EditRequest(
+        prompt=prompt,
+        target=target,
+        paraphrases=tuple(paraphrases),
+        locality=tuple(LocalityProbe(p["prompt"], p.get("answer")) for p in locality),
+    )
+
+
+def demo_model(data_dir: Path, size: str) -> tuple[Path, Path | None, list[str]]:
+    """Build (or reuse) the demo world; return model dir, editor dir and its canary prompts."""
+    from editor_core.demo import build_demo
+
+    paths = build_demo(data_dir, size=size, progress=False)
+    editor = paths.editor_dir if paths.editor_dir.is_dir() else None
+    try:
+        canaries = [p.prompt for p in paths.load_world().canary_prompts(16)]
+    except Exception:  # noqa: BLE001 - canaries are optional; the gate falls back to defaults
+        canaries = []
+    return paths.model_dir, editor, canaries
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None

@@ -1,0 +1,344 @@
+"""Persistence operations: every read and write the API and the worker make to the database.
+
+Functions take a ``Session`` and never commit (the caller owns the transaction), so a caller can
+group several operations into one atomic step: e.g. the worker writes the delta blob, the new
+version, the edits' outcomes and the jobs' completion in one transaction, and a crash leaves
+either all of it or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import ApiKey, DeltaBlob, Edit, Idempotency, Job, Meta, Version, utcnow
+
+
+class NotFound(LookupError):
+    pass
+
+
+class ChecksumError(RuntimeError):
+    """A stored delta blob does not match its sha256: storage corruption, refuse to use it."""
+
+
+# ---- meta ---------------------------------------------------------------------------------
+def get_meta(session: Session, key: str) -> str | None:
+    row = session.get(Meta, key)
+    return row.value if row else None
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+
+
+# ---- API keys -----------------------------------------------------------------------------
+def hash_key(token: str) -> str:
+    """Keys are random 256-bit tokens, so a plain sha256 (no salt, no stretching) is enough."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_key_token() -> str:
+    return "smk_" + secrets.token_urlsafe(32)
+
+
+def create_api_key(session: Session, name: str, scopes: Sequence[str], token: str | None = None) -> tuple[ApiKey, str]:
+    """Store a key (hashed); return the row and the plain token, which is shown exactly once."""
+    token = token or new_key_token()
+    row = ApiKey(name=name, key_hash=hash_key(token), scopes=sorted(set(scopes)), created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row, token
+
+
+def ensure_api_key(session: Session, name: str, scopes: Sequence[str], token: str) -> ApiKey:
+    """Idempotently store a configured key (e.g. SMEDIT_ADMIN_KEY) on every start."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))
+    if row is None:
+        row, _ = create_api_key(session, name, scopes, token)
+    return row
+
+
+def find_api_key(session: Session, token: str) -> ApiKey | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+def count_active_keys(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0)
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_api_key(session: Session, key_id: int) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"api key {key_id} not found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+# ---- edits and jobs -----------------------------------------------------------------------
+@dataclass
+class NewEdit:
+    prompt: str
+    target: str
+    paraphrases: list[str]
+    locality: list[dict[str, Any]]
+
+
+def request_fingerprint(payload: Any) -> str:
+    """A stable hash of a submission, to tell a retry from a different request reusing a key."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def find_idempotent(session: Session, key: str) -> Idempotency | None:
+    return session.get(Idempotency, key)
+
+
+def create_edits(
+    session: Session,
+    items: Sequence[NewEdit],
+    author: str | None,
+    reason: str | None,
+    submitted_by: str | None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[list[Edit], list[Job]]:
+    """Insert the edits and one ``edit`` job each (status pending). Flushes to get ids.
+
+    With an idempotency key, the key row is inserted in the same transaction; a concurrent twin
+    request fails on its primary key and the caller answers with the winner's ids.
+    """
+    now = utcnow()
+    edits = [
+        Edit(
+            prompt=it.prompt,
+            target=it.target,
+            paraphrases=list(it.paraphrases),
+            locality=list(it.locality),
+            author=author,
+            reason=reason,
+            status="queued",
+            created_at=now,
+            idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
+            approved=False,
+        )
+        for it in items
+    ]
+    session.add_all(edits)
+    session.flush()
+    jobs = [Job(kind="edit", status="pending", edit_id=e.id, requested_by=submitted_by, created_at=now) for e in edits]
+    session.add_all(jobs)
+    if idempotency_key is not None:
+        session.add(
+            Idempotency(
+                key=idempotency_key, request_hash=request_hash or "", edit_ids=[e.id for e in edits], created_at=now
+            )
+        )
+    session.flush()
+    return edits, jobs
+
+
+def create_job(
+    session: Session, kind: str, requested_by: str | None, edit_id: int | None = None, target_version: int | None = None
+) -> Job:
+    job = Job(
+        kind=kind, status="pending", edit_id=edit_id, target_version=target_version,
+        requested_by=requested_by, created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_edit(session: Session, edit_id: int) -> Edit:
+    row = session.get(Edit, edit_id)
+    if row is None:
+        raise NotFound(f"edit {edit_id} not found")
+    return row
+
+
+def get_edits(session: Session, ids: Sequence[int]) -> list[Edit]:
+    rows = {e.id: e for e in session.scalars(select(Edit).where(Edit.id.in_(list(ids))))}
+    return [rows[i] for i in ids if i in rows]
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    row = session.get(Job, job_id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
+def latest_job_for_edit(session: Session, edit_id: int) -> Job | None:
+    return session.scalar(select(Job).where(Job.edit_id == edit_id).order_by(Job.id.desc()).limit(1))
+
+
+def pending_job_ids(session: Session) -> list[int]:
+    """Jobs not finished, in their total order (for re-enqueueing after a restart)."""
+    return list(session.scalars(select(Job.id).where(Job.status.in_(("pending", "running"))).order_by(Job.id)))
+
+
+def reset_running(session: Session) -> int:
+    """After a crash: running jobs and edits go back to pending/queued (their work was never committed)."""
+    n = session.execute(update(Job).where(Job.status == "running").values(status="pending", started_at=None)).rowcount
+    session.execute(update(Edit).where(Edit.status == "running").values(status="queued", started_at=None))
+    return int(n or 0)
+
+
+def list_edits(
+    session: Session,
+    status: str | None = None,
+    author: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    text: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Edit], int]:
+    """Newest first, with the total count of matches for paging."""
+    query = select(Edit)
+    if status:
+        query = query.where(Edit.status == status)
+    if author:
+        query = query.where(Edit.author == author)
+    if since:
+        query = query.where(Edit.created_at >= since)
+    if until:
+        query = query.where(Edit.created_at < until)
+    if text:
+        pattern = f"%{text.lower()}%"
+        query = query.where(
+            or_(func.lower(Edit.prompt).like(pattern), func.lower(Edit.target).like(pattern),
+                func.lower(func.coalesce(Edit.reason, "")).like(pattern))
+        )
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    rows = list(session.scalars(query.order_by(Edit.id.desc()).limit(limit).offset(offset)))
+    return rows, total
+
+
+def count_edits_by_status(session: Session) -> dict[str, int]:
+    return {s: int(n) for s, n in session.execute(select(Edit.status, func.count()).group_by(Edit.status))}
+
+
+# ---- versions and deltas ------------------------------------------------------------------
+def latest_version(session: Session) -> Version | None:
+    return session.scalar(select(Version).order_by(Version.number.desc()).limit(1))
+
+
+def get_version(session: Session, number: int) -> Version:
+    row = session.get(Version, number)
+    if row is None:
+        raise NotFound(f"version {number} not found")
+    return row
+
+
+def list_versions(
+    session: Session,
+    kind: str | None = None,
+    created_by: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    text: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Version], int]:
+    query = select(Version)
+    if kind:
+        query = query.where(Version.kind == kind)
+    if created_by:
+        query = query.where(Version.created_by == created_by)
+    if since:
+        query = query.where(Version.created_at >= since)
+    if until:
+        query = query.where(Version.created_at < until)
+    if text:
+        query = query.where(func.lower(func.coalesce(Version.note, "")).like(f"%{text.lower()}%"))
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    rows = list(session.scalars(query.order_by(Version.number.desc()).limit(limit).offset(offset)))
+    return rows, total
+
+
+def create_version(
+    session: Session,
+    kind: str,
+    active_deltas: Sequence[int],
+    weights_hash: str,
+    job_id: int | None = None,
+    created_by: str | None = None,
+    note: str | None = None,
+    edit_ids: Sequence[int] = (),
+) -> Version:
+    """Append a version numbered max+1 in this transaction.
+
+    The number is the primary key: if another writer committed the same number first, the flush
+    or commit raises IntegrityError and this transaction rolls back instead of forking history.
+    """
+    current = session.scalar(select(func.max(Version.number)))
+    number = 0 if current is None else int(current) + 1
+    row = Version(
+        number=number, kind=kind, active_deltas=list(active_deltas), weights_hash=weights_hash,
+        job_id=job_id, created_by=created_by, note=note, edit_ids=list(edit_ids), created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def add_delta(
+    session: Session, blob: bytes, edit_ids: Sequence[int], module_names: Sequence[str],
+    info: dict[str, Any], compute_s: float,
+) -> DeltaBlob:
+    row = DeltaBlob(
+        blob=blob, sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob), edit_ids=list(edit_ids),
+        module_names=list(module_names), info=dict(info), compute_s=compute_s, created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def load_delta_blobs(session: Session, ids: Sequence[int]) -> dict[int, bytes]:
+    """The blobs of the given deltas, each checked against its stored sha256."""
+    out: dict[int, bytes] = {}
+    for row in session.scalars(select(DeltaBlob).where(DeltaBlob.id.in_(list(ids)))):
+        if hashlib.sha256(row.blob).hexdigest() != row.sha256:
+            raise ChecksumError(f"delta {row.id}: blob does not match its sha256 {row.sha256}")
+        out[row.id] = row.blob
+    missing = set(ids) - set(out)
+    if missing:
+        raise NotFound(f"deltas {sorted(missing)} not found")
+    return out
+
+
+def get_deltas(session: Session, ids: Sequence[int]) -> list[DeltaBlob]:
+    rows = {d.id: d for d in session.scalars(select(DeltaBlob).where(DeltaBlob.id.in_(list(ids))))}
+    return [rows[i] for i in ids if i in rows]
+
+
+def edits_in_deltas(session: Session, delta_ids: Sequence[int]) -> dict[int, int]:
+    """edit id -> the delta (among ``delta_ids``) that carries it."""
+    out: dict[int, int] = {}
+    for row in get_deltas(session, delta_ids):
+        for eid in row.edit_ids:
+            out[int(eid)] = row.id
+    return out

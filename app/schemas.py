@@ -1,0 +1,241 @@
+"""Pydantic models of the HTTP API (requests and responses).
+
+Input models forbid unknown fields, so a typo ("promt") is a 422 naming the field instead of a
+silently ignored value. Limits that depend on settings (lengths, batch size) are checked by
+``check_submission`` and reported in the same 422 format, naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from app.settings import Settings
+
+T = TypeVar("T")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- edits --------------------------------------------------------------------------------
+class LocalityIn(_In):
+    """An unrelated prompt that must keep its answer (``answer`` optional: then the model's own)."""
+
+    prompt: Text
+    answer: Text | None = None
+
+
+class EditIn(_In):
+    """One fact: after the edit, ``prompt`` is completed by ``target``."""
+
+    prompt: Text = Field(examples=["The Zentrix X2 costs"])
+    target: Text = Field(examples=["49 dollars"])
+    paraphrases: list[Text] = Field(default_factory=list, examples=[["How much is the Zentrix X2?"]])
+    locality: list[LocalityIn] = Field(default_factory=list)
+
+
+class EditSubmission(_In):
+    """One fact (top-level prompt/target) or a batch (``edits``), with audit fields."""
+
+    edits: list[EditIn] = Field(min_length=1)
+    author: Text | None = None
+    reason: Text | None = None
+    idempotency_key: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_fact(cls, data: Any) -> Any:
+        """Accept ``{"prompt", "target", ...}`` as a batch of one."""
+        if isinstance(data, dict) and "edits" not in data and ("prompt" in data or "target" in data):
+            fact_keys = {"prompt", "target", "paraphrases", "locality"}
+            fact = {k: v for k, v in data.items() if k in fact_keys}
+            rest = {k: v for k, v in data.items() if k not in fact_keys}
+            return {**rest, "edits": [fact]}
+        return data
+
+
+def check_submission(sub: EditSubmission, settings: Settings) -> list[dict[str, Any]]:
+    """Settings-dependent limits, as pydantic-style error dicts (``loc`` names the field)."""
+    errors: list[dict[str, Any]] = []
+
+    def err(loc: tuple[Any, ...], msg: str) -> None:
+        errors.append({"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": None})
+
+    if len(sub.edits) > settings.max_batch:
+        err(("edits",), f"at most {settings.max_batch} edits per request, got {len(sub.edits)}")
+    for i, e in enumerate(sub.edits):
+        if len(e.prompt) > settings.max_prompt_chars:
+            err(("edits", i, "prompt"), f"longer than {settings.max_prompt_chars} characters")
+        if len(e.target) > settings.max_target_chars:
+            err(("edits", i, "target"), f"longer than {settings.max_target_chars} characters")
+        if len(e.paraphrases) > settings.max_paraphrases:
+            err(("edits", i, "paraphrases"), f"at most {settings.max_paraphrases} paraphrases")
+        for j, p in enumerate(e.paraphrases):
+            if len(p) > settings.max_prompt_chars:
+                err(("edits", i, "paraphrases", j), f"longer than {settings.max_prompt_chars} characters")
+        if len(e.locality) > settings.max_locality:
+            err(("edits", i, "locality"), f"at most {settings.max_locality} locality probes")
+        for j, p in enumerate(e.locality):
+            if len(p.prompt) > settings.max_prompt_chars:
+                err(("edits", i, "locality", j, "prompt"), f"longer than {settings.max_prompt_chars} characters")
+    for name in ("author", "reason", "idempotency_key"):
+        value = getattr(sub, name)
+        if value is not None and len(value) > settings.max_text_field_chars:
+            err((name,), f"longer than {settings.max_text_field_chars} characters")
+    return errors
+
+
+class Timings(BaseModel):
+    queued_s: float | None = None
+    run_s: float | None = None
+    total_s: float | None = None
+
+
+class EditOut(BaseModel):
+    id: int
+    status: str
+    prompt: str
+    target: str
+    paraphrases: list[str]
+    locality: list[dict[str, Any]]
+    author: str | None
+    reason: str | None
+    submitted_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    applied_version: int | None = Field(description="version that applied its current delta")
+    reverted_version: int | None
+    delta_id: int | None
+    metrics: dict[str, Any] | None = Field(description="ES, GS, locality, canary change, gate verdict")
+    error: str | None
+    timings: Timings
+
+
+class SubmitOut(BaseModel):
+    edit_ids: list[int]
+    status_urls: list[str]
+    status_url: str = Field(description="status of the first edit")
+    duplicate: bool = Field(False, description="true when an earlier request with this idempotency key answered")
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    edit_id: int | None
+    target_version: int | None
+    requested_by: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    result_version: int | None
+    error: str | None
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+    status_url: str
+
+
+class ReviewIn(_In):
+    note: Text | None = None
+
+
+# ---- versions -----------------------------------------------------------------------------
+class VersionOut(BaseModel):
+    number: int
+    kind: str
+    created_at: datetime
+    active_deltas: list[int]
+    weights_hash: str
+    job_id: int | None
+    created_by: str | None
+    note: str | None
+    edit_ids: list[int]
+    live: bool = False
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---- inference ----------------------------------------------------------------------------
+class _Inference(_In):
+    min_version: int | None = Field(None, ge=0, description="wait until this version is live")
+    wait_s: float | None = Field(None, gt=0, le=600, description="longest wait for min_version")
+
+
+class GenerateIn(_Inference):
+    prompt: Text
+    max_tokens: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=8)
+    seed: int | None = None
+
+
+class GenerateOut(BaseModel):
+    text: str
+    version: int
+    tokens: int
+    latency_s: float
+
+
+class ProbeIn(_Inference):
+    prompt: Text
+    target: Text
+
+
+class ProbeOut(BaseModel):
+    probability: float
+    logprob: float
+    rank: int = Field(description="rank of the target's first token (1 = argmax)")
+    greedy: bool = Field(description="greedy decoding from the prompt produces the target")
+    greedy_text: str
+    version: int
+
+
+# ---- keys ---------------------------------------------------------------------------------
+class KeyIn(_In):
+    name: Text = Field(max_length=200)
+    scopes: list[Literal["read", "edit", "admin"]] = Field(min_length=1)
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the token; shown only now, stored hashed")
+
+
+# ---- health -------------------------------------------------------------------------------
+class Ready(BaseModel):
+    ready: bool
+    model_loaded: bool
+    version_replayed: bool
+    worker_running: bool
+    live_version: int | None
+    detail: str | None = Field(None, description="the start-up error, when start-up failed")
+    phase: str = Field("starting", description="what start-up is doing now")

@@ -1,0 +1,98 @@
+"""Service settings, read from the environment (prefix ``SMEDIT_``) or a ``.env`` file.
+
+Every knob the service has lives here, so an operator reads one file to know what can be set,
+and tests build a ``Settings`` object directly instead of patching globals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """Configuration of one API (+ worker) process."""
+
+    model_config = SettingsConfigDict(env_prefix="SMEDIT_", env_file=".env", extra="ignore")
+
+    # ---- where things are ----------------------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="SQLite file, demo model, generated files")
+    model_dir: Path | None = Field(None, description="Hugging Face base model dir; none = the demo model")
+    editor_dir: Path | None = Field(None, description="SMEdit editor checkpoint; none = demo editor / untrained")
+    demo_size: str = Field("small", description="demo size built when no model_dir is set (tiny, small)")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; none = sqlite under data_dir")
+    redis_url: str | None = Field(None, description="Redis URL for the production queue (not needed embedded)")
+    queue: Literal["auto", "memory", "db", "redis"] = Field(
+        "auto",
+        description="job transport: memory (one process), db (poll the jobs table), redis (Streams); "
+        "auto = redis when redis_url is set, else memory on SQLite, else db",
+    )
+    redis_prefix: str = Field("smedit", description="prefix of the Redis stream / channel names")
+    device: str = "auto"
+    dtype: str | None = None
+
+    # ---- serving -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    run_worker: bool = Field(True, description="start the editing worker in this process (embedded mode)")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # ---- auth ----------------------------------------------------------------------------
+    admin_key: str | None = Field(None, description="bootstrap admin key (stored hashed on start)")
+    generate_admin_key: bool = Field(True, description="print a new admin key when the DB has none")
+
+    # ---- input limits --------------------------------------------------------------------
+    max_prompt_chars: int = 2000
+    max_target_chars: int = 500
+    max_batch: int = 64
+    max_paraphrases: int = 16
+    max_locality: int = 16
+    max_request_bytes: int = 1_000_000
+    max_new_tokens: int = 256
+    max_text_field_chars: int = 500  # author / reason / idempotency key
+
+    # ---- worker --------------------------------------------------------------------------
+    worker_batch_size: int = Field(16, description="max edit jobs edited as one batch")
+    worker_batch_wait_s: float = Field(0.2, description="how long to gather a micro-batch")
+    min_version_timeout_s: float = Field(30.0, description="longest wait for min_version")
+
+    # ---- quality gate --------------------------------------------------------------------
+    gate_min_es: float = Field(0.5, description="reject an edit whose ES (token acc. on its prompt) is below")
+    gate_min_gs: float = Field(0.0, description="reject an edit whose GS (paraphrases) is below")
+    gate_max_canary_change: float = Field(0.25, description="reject when more canaries change answer")
+    review_mode: bool = Field(False, description="failed edits become needs_review instead of rejected")
+    canary_prompts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    canary_file: Path | None = Field(None, description="one canary prompt per line")
+    canary_count: int = 16
+    canary_tokens: int = 4
+
+    @field_validator("canary_prompts", mode="before")
+    @classmethod
+    def _split_canaries(cls, value: object) -> object:
+        """Env vars carry canaries as a JSON list or as ``|``-separated text."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [p for p in text.split("|") if p.strip()]
+        return value
+
+    def resolved_database_url(self) -> str:
+        """The explicit URL, or an SQLite file in the data directory (embedded mode)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'smedit.db').resolve()}"
+
+    def resolved_queue(self) -> str:
+        if self.queue != "auto":
+            return self.queue
+        if self.redis_url:
+            return "redis"
+        return "memory" if self.resolved_database_url().startswith("sqlite") else "db"

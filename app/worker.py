@@ -1,0 +1,636 @@
+"""The one writer: drain the queue, edit in micro-batches, gate, commit versions, announce.
+
+Only this worker computes deltas and creates versions, so history has one total order (job id
+order). Each job is processed in two DB transactions: mark running, then commit the outcome
+(delta blob + version + edit statuses + job done) atomically. The model is switched to the new
+state while holding the engine lock, and the version is marked live only after its DB commit, so
+inference never sees an uncommitted or half-applied version.
+
+Idempotency: a job whose row is not ``pending`` (or whose edit is no longer ``queued``) is
+skipped, so a redelivered message is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.db import session_scope
+from app.engine import Delta, EditMeasure, EditRequest, Engine, make_request
+from app.logging import request_id_var
+from app.metrics import Metrics
+from app.models import Edit, Job, utcnow
+from app.queue import Queue, QueuedJob
+from app.settings import Settings
+
+log = logging.getLogger("app.worker")
+
+# Used when no canaries are configured and no demo world provides them: generic prompts whose
+# answers an edit about one fact should not change.
+DEFAULT_CANARIES = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "The author of Hamlet is",
+    "One plus one equals",
+    "The color of the sky on a clear day is",
+    "The chemical symbol for gold is",
+    "The first month of the year is",
+]
+
+
+WORKER_LOCK_KEY = 0x5E3D17  # pg advisory lock id: "one editing worker per database"
+
+
+class DeltaCache:
+    """Deserialised deltas by id (blobs are immutable, so caching is always safe)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cache: dict[int, Delta] = {}
+
+    def put(self, delta_id: int, delta: Delta) -> None:
+        self._cache[delta_id] = delta
+
+    def get_many(self, session: Session, ids: Sequence[int]) -> list[tuple[int, Delta]]:
+        missing = [i for i in ids if i not in self._cache]
+        if missing:
+            for delta_id, blob in repo.load_delta_blobs(session, missing).items():
+                delta = self.engine.delta_from_bytes(blob)
+                self.engine.check_delta(delta)
+                self._cache[delta_id] = delta
+        return [(i, self._cache[i]) for i in ids]
+
+
+class ReplayMismatch(RuntimeError):
+    pass
+
+
+def bootstrap_and_replay(sessions: sessionmaker[Session], engine: Engine, cache: DeltaCache, writer: bool) -> dict[str, Any]:
+    """Make the engine serve the latest committed version.
+
+    The writer also records the base model's fingerprint (a DB belongs to one base model) and
+    creates version 0 on an empty database. The replayed weights' hash is compared with the hash
+    stored when the version was committed: equal means the restart is bit-exact.
+    """
+    try:
+        return _bootstrap_and_replay(sessions, engine, cache, writer)
+    except IntegrityError:
+        if not writer:
+            raise
+        # another process bootstrapped the same empty database at the same moment: follow it
+        return _bootstrap_and_replay(sessions, engine, cache, writer=False)
+
+
+def _bootstrap_and_replay(
+    sessions: sessionmaker[Session], engine: Engine, cache: DeltaCache, writer: bool
+) -> dict[str, Any]:
+    with session_scope(sessions) as s:
+        known = repo.get_meta(s, "base_fingerprint")
+        if known is None and writer:
+            repo.set_meta(s, "base_fingerprint", engine.fingerprint)
+        elif known is not None and known != engine.fingerprint:
+            raise ReplayMismatch(
+                f"this database belongs to base model {known}, but the loaded model is {engine.fingerprint}; "
+                "point SMEDIT_DATABASE_URL / SMEDIT_DATA_DIR at the matching database"
+            )
+        latest = repo.latest_version(s)
+        if latest is None and writer:
+            latest = repo.create_version(s, "base", [], engine.base_hash, created_by="system", note="base model")
+        if latest is None:
+            return {"version": None}
+        active = cache.get_many(s, latest.active_deltas)
+        number, stored_hash = latest.number, latest.weights_hash
+    digest = engine.materialize(number, active)
+    result = {"version": number, "weights_hash": digest, "stored_hash": stored_hash, "match": digest == stored_hash}
+    if digest != stored_hash:
+        log.error("replayed weights differ from the committed hash", extra=result)
+    else:
+        log.info("replayed model version", extra=result)
+    return result
+
+
+class Worker:
+    """Runs in a thread (embedded mode) or as its own process (``smedit worker``, production)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        queue: Queue,
+        engine: Engine,
+        metrics: Metrics,
+        canaries: Sequence[str] = (),
+        announce: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.queue = queue
+        self.engine = engine
+        self.metrics = metrics
+        self.cache = DeltaCache(engine)
+        self.canaries = list(canaries) or load_canaries(settings) or list(DEFAULT_CANARIES)
+        self.announce = announce or (lambda version: None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.running = False
+        self.last_error: str | None = None
+        self._leader_conn: Any = None
+        self._waited = False
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def recover(self) -> int:
+        """Re-enqueue unfinished jobs in their total order (the in-process queue died with us)."""
+        with session_scope(self.sessions) as s:
+            repo.reset_running(s)
+            ids = repo.pending_job_ids(s)
+        for job_id in ids:
+            self.queue.put(job_id)
+        return len(ids)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="smedit-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _become_leader(self) -> bool:
+        """On PostgreSQL, hold a session advisory lock so only one worker writes at a time.
+
+        A second worker process waits here as a hot standby; once it gets the lock (the leader
+        died or stopped) it re-syncs the model to the latest version and recovers unfinished jobs.
+        SQLite needs no lock: one embedded process owns the file.
+        """
+        bind = self.sessions.kw.get("bind")
+        if bind is None or bind.dialect.name != "postgresql":
+            return True
+        from sqlalchemy import text
+
+        conn = bind.connect()
+        while not self._stop.is_set():
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": WORKER_LOCK_KEY}).scalar()
+            conn.commit()
+            if got:
+                self._leader_conn = conn
+                if self._waited:
+                    log.info("worker lock acquired: taking over")
+                    self._resync()
+                    self.recover()
+                return True
+            if not self._waited:
+                log.warning("another worker holds the lock; standing by")
+            self._waited = True
+            try:
+                self._resync(only_if_newer=True)  # a standby still serves current versions
+            except Exception:  # noqa: BLE001
+                log.exception("standby re-sync failed")
+            self._stop.wait(1.0)
+        conn.close()
+        return False
+
+    def run_forever(self) -> None:
+        if not self._become_leader():
+            return
+        self.running = True
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - e.g. the DB is briefly unreachable: retry
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("worker loop error; retrying")
+                    self._stop.wait(1.0)
+        finally:
+            self.running = False
+            if self._leader_conn is not None:
+                self._leader_conn.close()  # releases the advisory lock
+                self._leader_conn = None
+
+    def _step(self) -> None:
+        batch = self.queue.get_batch(self.settings.worker_batch_size, timeout=0.5)
+        if not batch:
+            return
+        if len(batch) < self.settings.worker_batch_size and self.settings.worker_batch_wait_s > 0:
+            time.sleep(self.settings.worker_batch_wait_s)  # let a burst of submissions join
+            batch += self.queue.get_batch(self.settings.worker_batch_size - len(batch), timeout=0)
+        self.process(batch)
+
+    # ---- dispatch -----------------------------------------------------------------------
+    def process(self, batch: list[QueuedJob]) -> None:
+        """Handle messages in order: runs of edit jobs become one batch; revert/restore alone."""
+        with session_scope(self.sessions) as s:
+            rows = {j.id: (j.kind, j.status) for j in s.query(Job).filter(Job.id.in_([m.job_id for m in batch]))}
+        run: list[int] = []
+        for msg in batch:
+            kind, status = rows.get(msg.job_id, (None, None))
+            if status != "pending":
+                continue  # done already (redelivery) or unknown: skip, idempotent
+            if kind == "edit":
+                run.append(msg.job_id)
+                continue
+            if run:
+                self._edit_run(run)
+                run = []
+            if kind == "revert":
+                self._guarded(self.process_revert, msg.job_id)
+            elif kind == "restore":
+                self._guarded(self.process_restore, msg.job_id)
+        if run:
+            self._edit_run(run)
+        self.queue.ack(batch)
+
+    def _edit_run(self, run: list[int]) -> None:
+        """One batch; if it fails as a whole, each job alone, so one bad edit can't sink the rest."""
+        if len(run) == 1:
+            self._guarded(self.process_edits, run)
+            return
+        try:
+            self.process_edits(run)
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("edit batch failed; retrying its edits one by one", extra={"jobs": run})
+            with session_scope(self.sessions) as s:
+                for job_id in run:
+                    job = repo.get_job(s, job_id)
+                    if job.status == "running":
+                        job.status, job.started_at = "pending", None
+                        edit = repo.get_edit(s, job.edit_id)  # type: ignore[arg-type]
+                        if edit.status == "running":
+                            edit.status, edit.started_at = "queued", None
+            self._resync()
+        for job_id in run:
+            self._guarded(self.process_edits, [job_id])
+
+    def _guarded(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """A failing job must not kill the worker: record the failure, put the model back."""
+        token = request_id_var.set(f"job-{arg if isinstance(arg, int) else arg[0]}")
+        try:
+            fn(arg)
+            self.last_error = None
+        except Exception as exc:  # noqa: BLE001
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("job failed", extra={"jobs": arg})
+            ids = arg if isinstance(arg, list) else [arg]
+            with session_scope(self.sessions) as s:
+                for job_id in ids:
+                    job = repo.get_job(s, job_id)
+                    if job.status in ("pending", "running"):
+                        job.status, job.finished_at = "failed", utcnow()
+                        job.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                        if job.kind == "edit" and job.edit_id is not None:
+                            edit = repo.get_edit(s, job.edit_id)
+                            if edit.status in ("queued", "running"):
+                                edit.status, edit.error, edit.finished_at = "failed", job.error, utcnow()
+                                self.metrics.edits.labels("failed").inc()
+            self._resync()
+        finally:
+            request_id_var.reset(token)
+
+    def _resync(self, only_if_newer: bool = False) -> None:
+        """Put the model on the latest committed version (after a failure mid-job, or as standby)."""
+        with session_scope(self.sessions) as s:
+            latest = repo.latest_version(s)
+            if latest is None:
+                return
+            if only_if_newer and self.engine.live_version is not None and latest.number <= self.engine.live_version:
+                return
+            active = self.cache.get_many(s, latest.active_deltas)
+            number = latest.number
+        self.engine.materialize(number, active)
+
+    def _current(self, s: Session) -> tuple[int, list[tuple[int, Delta]]]:
+        latest = repo.latest_version(s)
+        if latest is None:
+            raise RuntimeError("no base version: the worker must bootstrap before processing jobs")
+        return latest.number, self.cache.get_many(s, latest.active_deltas)
+
+    # ---- edits ----------------------------------------------------------------------------
+    def process_edits(self, job_ids: list[int]) -> None:
+        with session_scope(self.sessions) as s:
+            jobs = [repo.get_job(s, i) for i in job_ids]
+            todo: list[tuple[int, int]] = []
+            for job in jobs:
+                edit = repo.get_edit(s, job.edit_id) if job.edit_id is not None else None
+                if job.status != "pending" or edit is None or edit.status != "queued":
+                    if job.status == "pending":  # edit already decided elsewhere: nothing to do
+                        job.status, job.finished_at = "done", utcnow()
+                    continue
+                job.status, job.started_at = "running", utcnow()
+                edit.status, edit.started_at = "running", utcnow()
+                todo.append((job.id, edit.id))
+            edits = {e.id: e for e in repo.get_edits(s, [e for _, e in todo])}
+            requests = {eid: make_request(e.prompt, e.target, e.paraphrases, e.locality) for eid, e in edits.items()}
+            approved = {eid for eid, e in edits.items() if e.approved}
+        if not todo:
+            return
+        for _ in todo:
+            self.metrics.edits.labels("running").inc()
+        edit_ids = [eid for _, eid in todo]
+
+        with self.engine.exclusive():
+            with session_scope(self.sessions) as s:
+                base_version, active = self._current(s)
+            active_deltas = [d for _, d in active]
+            reference = self.engine.canary_answers(self.canaries, self.settings.canary_tokens)
+
+            good = list(edit_ids)
+            measures: dict[int, EditMeasure] = {}
+            failures: dict[int, list[str]] = {}
+            delta, compute_s, good, measures, failures = self._gate_round(
+                good, requests, approved, active_deltas, reference
+            )
+            if failures and good:
+                # Some edits failed: the delta must not carry them. Recompute from the good ones
+                # and measure again; these are the numbers stored for the committed edits.
+                delta, compute_s2, _, measures2, _ = self._gate_round(
+                    good, requests, set(good), active_deltas, reference
+                )
+                compute_s += compute_s2
+                measures.update(measures2)
+            bad = [eid for eid in edit_ids if eid not in good]
+            self._commit_edits(
+                base_version, active, delta if good else None, good, bad, measures, failures, compute_s, todo
+            )
+
+    def _gate_round(
+        self,
+        candidates: list[int],
+        requests: dict[int, EditRequest],
+        approved: set[int],
+        active: list[Delta],
+        reference: list[str],
+    ) -> tuple[Delta, float, list[int], dict[int, EditMeasure], dict[int, list[str]]]:
+        """Compute one delta for ``candidates``, measure each, split into passing/failing."""
+        t0 = time.perf_counter()
+        reqs = [requests[e] for e in candidates]
+        delta = self.engine.compute(reqs)
+        compute_s = time.perf_counter() - t0
+        self.metrics.compute_latency.observe(compute_s)
+        measured = self.engine.measure(
+            reqs, active + [delta], active, self.canaries, reference, self.settings.canary_tokens
+        )
+        measures = dict(zip(candidates, measured))
+        failures: dict[int, list[str]] = {}
+        for eid, m in measures.items():
+            fails = self._check(m, canary=False)
+            if fails and eid not in approved:
+                failures[eid] = fails
+        batch_canary = self._check(measured[0], canary=True) if measured else []
+        if batch_canary:
+            remaining = [e for e in candidates if e not in failures and e not in approved]
+            if len(candidates) == 1:
+                if candidates[0] not in approved:
+                    failures.setdefault(candidates[0], []).extend(batch_canary)
+            else:
+                # The canary change belongs to the whole batch: find who causes it by measuring
+                # each remaining edit alone. If nobody does alone, the combination does: all fail.
+                blamed = []
+                for eid in remaining:
+                    alone = self.engine.compute([requests[eid]])
+                    m = self.engine.measure(
+                        [requests[eid]], active + [alone], active, self.canaries, reference,
+                        self.settings.canary_tokens,
+                    )[0]
+                    measures[eid].canary_changed = m.canary_changed
+                    measures[eid].changed_canaries = m.changed_canaries
+                    if self._check(m, canary=True):
+                        blamed.append(eid)
+                for eid in blamed or remaining:
+                    failures.setdefault(eid, []).extend(
+                        batch_canary if blamed else ["canary (combined with its batch)"]
+                    )
+        good = [e for e in candidates if e not in failures]
+        return delta, compute_s, good, measures, failures
+
+    def _check(self, m: EditMeasure, canary: bool) -> list[str]:
+        st = self.settings
+        if canary:
+            if m.canary_changed is not None and m.canary_changed > st.gate_max_canary_change:
+                return [f"canary: {m.canary_changed:.3f} of canaries changed > {st.gate_max_canary_change}"]
+            return []
+        fails = []
+        if m.es < st.gate_min_es:
+            fails.append(f"es: {m.es:.3f} < {st.gate_min_es}")
+        if m.gs is not None and m.gs < st.gate_min_gs:
+            fails.append(f"gs: {m.gs:.3f} < {st.gate_min_gs}")
+        return fails
+
+    def _commit_edits(
+        self,
+        base_version: int,
+        active: list[tuple[int, Delta]],
+        delta: Delta | None,
+        good: list[int],
+        bad: list[int],
+        measures: dict[int, EditMeasure],
+        failures: dict[int, list[str]],
+        compute_s: float,
+        todo: list[tuple[int, int]],
+    ) -> None:
+        """One transaction: delta blob, version, every edit's outcome, every job's completion."""
+        review = self.settings.review_mode
+        new_version: int | None = None
+        new_active = list(active)
+        digest = self.engine.live_hash
+        if delta is not None and good:
+            blob = self.engine.delta_to_bytes(delta)
+        try:
+            with session_scope(self.sessions) as s:
+                now = utcnow()
+                if delta is not None and good:
+                    row = repo.add_delta(
+                        s, blob, good, self.engine.delta_modules(delta), dict(delta.metadata), compute_s
+                    )
+                    self.cache.put(row.id, delta)
+                    new_active = active + [(row.id, delta)]
+                    digest = self.engine.set_state([d for _, d in new_active])
+                    version = repo.create_version(
+                        s, "edit", [i for i, _ in new_active], digest, created_by="worker",
+                        note=f"applied edits {good}", edit_ids=good,
+                    )
+                    new_version = version.number
+                for eid in good + bad:
+                    edit = repo.get_edit(s, eid)
+                    m = measures.get(eid)
+                    metrics = m.as_dict() if m else {}
+                    metrics.update(
+                        gate={"passed": eid in good, "failures": failures.get(eid, []),
+                              "approved_by_review": edit.approved},
+                        batch_size=len(good) + len(bad), compute_s=compute_s,
+                    )
+                    edit.metrics = metrics
+                    edit.finished_at = now
+                    if eid in good:
+                        edit.status, edit.applied_version, edit.delta_id = "applied", new_version, new_active[-1][0]
+                    else:
+                        edit.status = "needs_review" if review else "rejected"
+                        edit.error = "; ".join(failures.get(eid, []))
+                for job_id, _ in todo:
+                    job = repo.get_job(s, job_id)
+                    job.status, job.finished_at, job.result_version = "done", now, new_version
+        except BaseException:
+            self.engine.set_state([d for _, d in active])  # back to the committed state
+            raise
+        if new_version is not None:
+            self.engine.mark_live(new_version, [i for i, _ in new_active], digest)
+            self.metrics.versions.labels("edit").inc()
+            self.metrics.live_version.set(new_version)
+            self.metrics.batch_size.observe(len(good))
+            self.announce(new_version)
+        with session_scope(self.sessions) as s:
+            for eid in good:
+                e = repo.get_edit(s, eid)
+                if e.finished_at and e.created_at:
+                    self.metrics.edit_latency.observe((e.finished_at - e.created_at).total_seconds())
+        for eid in good:
+            self.metrics.edits.labels("applied").inc()
+        for eid in bad:
+            self.metrics.edits.labels("needs_review" if review else "rejected").inc()
+            for f in failures.get(eid, []):
+                self.metrics.gate_rejections.labels(f.split(":", 1)[0].split(" ", 1)[0]).inc()
+        log.info(
+            "edit batch done",
+            extra={"applied": good, "rejected": bad, "version": new_version, "compute_s": round(compute_s, 3)},
+        )
+
+    # ---- revert and restore -------------------------------------------------------------------
+    def process_revert(self, job_id: int) -> None:
+        """New version without the edit. Its batch's delta is dropped; the batch's other applied
+        edits are recomputed (on the model without that delta) into one new delta appended at the
+        end, so they stay applied in the same new version."""
+        with self.engine.exclusive():
+            with session_scope(self.sessions) as s:
+                job = repo.get_job(s, job_id)
+                if job.status != "pending":
+                    return
+                edit = repo.get_edit(s, job.edit_id)  # type: ignore[arg-type]
+                base_version, active = self._current(s)
+                active_ids = [i for i, _ in active]
+                if edit.status != "applied" or edit.delta_id not in active_ids:
+                    job.status, job.finished_at = "failed", utcnow()
+                    job.error = f"edit {edit.id} is not applied (status {edit.status}); nothing to revert"
+                    return
+                dropped = edit.delta_id
+                carried = repo.edits_in_deltas(s, [dropped])
+                others = [
+                    e for e in repo.get_edits(s, sorted(carried))
+                    if e.id != edit.id and e.status == "applied" and e.delta_id == dropped
+                ]
+                other_reqs = [make_request(e.prompt, e.target, e.paraphrases, e.locality) for e in others]
+                other_ids = [e.id for e in others]
+                edit_id, requested_by = edit.id, job.requested_by
+                job.status, job.started_at = "running", utcnow()
+            kept = [(i, d) for i, d in active if i != dropped]
+            self.engine.set_state([d for _, d in kept])
+            recomputed: Delta | None = None
+            measures: list[EditMeasure] = []
+            compute_s = 0.0
+            if other_reqs:
+                t0 = time.perf_counter()
+                recomputed = self.engine.compute(other_reqs)
+                compute_s = time.perf_counter() - t0
+                kept_d = [d for _, d in kept]
+                measures = self.engine.measure(other_reqs, kept_d + [recomputed], kept_d)
+            try:
+                with session_scope(self.sessions) as s:
+                    new_active = list(kept)
+                    if recomputed is not None:
+                        row = repo.add_delta(
+                            s, self.engine.delta_to_bytes(recomputed), other_ids,
+                            self.engine.delta_modules(recomputed),
+                            {**recomputed.metadata, "recomputed_from": str(dropped)}, compute_s,
+                        )
+                        self.cache.put(row.id, recomputed)
+                        new_active.append((row.id, recomputed))
+                    digest = self.engine.set_state([d for _, d in new_active])
+                    note = f"revert edit {edit_id} (dropped delta {dropped}"
+                    note += f"; re-applied edits {other_ids})" if other_ids else ")"
+                    version = repo.create_version(
+                        s, "revert", [i for i, _ in new_active], digest, job_id=job_id,
+                        created_by=requested_by, note=note, edit_ids=[edit_id] + other_ids,
+                    )
+                    e = repo.get_edit(s, edit_id)
+                    e.status, e.reverted_version = "reverted", version.number
+                    for oid, m in zip(other_ids, measures):
+                        o = repo.get_edit(s, oid)
+                        o.delta_id, o.applied_version = new_active[-1][0], version.number
+                        o.metrics = {**(o.metrics or {}), "after_recompute": m.as_dict()}
+                    job = repo.get_job(s, job_id)
+                    job.status, job.finished_at, job.result_version = "done", utcnow(), version.number
+                    number = version.number
+            except BaseException:
+                self.engine.set_state([d for _, d in active])
+                raise
+            self.engine.mark_live(number, [i for i, _ in new_active], digest)
+        self._after_version("revert", number)
+        self.metrics.edits.labels("reverted").inc()
+
+    def process_restore(self, job_id: int) -> None:
+        """New version whose active set equals version n's: same deltas, same order, same bits."""
+        with self.engine.exclusive():
+            with session_scope(self.sessions) as s:
+                job = repo.get_job(s, job_id)
+                if job.status != "pending":
+                    return
+                target = repo.get_version(s, job.target_version)  # type: ignore[arg-type]
+                _, active = self._current(s)
+                wanted = self.cache.get_many(s, target.active_deltas)
+                target_hash, target_number, requested_by = target.weights_hash, target.number, job.requested_by
+                job.status, job.started_at = "running", utcnow()
+            try:
+                digest = self.engine.set_state([d for _, d in wanted])
+                with session_scope(self.sessions) as s:
+                    wanted_ids = [i for i, _ in wanted]
+                    carried = repo.edits_in_deltas(s, wanted_ids)
+                    note = f"restore version {target_number}"
+                    if digest != target_hash:
+                        note += f" (WARNING: weights hash {digest[:12]} differs from {target_hash[:12]})"
+                    version = repo.create_version(
+                        s, "restore", wanted_ids, digest, job_id=job_id, created_by=requested_by, note=note,
+                    )
+                    changed: list[int] = []
+                    for e in s.query(Edit).filter(Edit.status == "applied"):
+                        if e.id not in carried:
+                            e.status, e.reverted_version = "reverted", version.number
+                            changed.append(e.id)
+                    for e in repo.get_edits(s, sorted(carried)):
+                        if e.status != "applied" or e.delta_id != carried[e.id]:
+                            e.status, e.delta_id, e.reverted_version = "applied", carried[e.id], None
+                            e.applied_version = version.number
+                            changed.append(e.id)
+                    version.edit_ids = sorted(changed)
+                    job = repo.get_job(s, job_id)
+                    job.status, job.finished_at, job.result_version = "done", utcnow(), version.number
+                    number = version.number
+            except BaseException:
+                self.engine.set_state([d for _, d in active])
+                raise
+            self.engine.mark_live(number, wanted_ids, digest)
+        self._after_version("restore", number)
+
+    def _after_version(self, kind: str, number: int) -> None:
+        self.metrics.versions.labels(kind).inc()
+        self.metrics.live_version.set(number)
+        self.announce(number)
+        log.info("version committed", extra={"kind": kind, "version": number})
+
+
+def load_canaries(settings: Settings) -> list[str]:
+    """Canaries from settings, then from the canary file (one prompt per line)."""
+    prompts = list(settings.canary_prompts)
+    if settings.canary_file is not None:
+        path = Path(settings.canary_file)
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return prompts

@@ -1,0 +1,247 @@
+"""Fixtures for the service tests: a tiny random GPT-2 on disk, databases, a real running server.
+
+No mocks of the model: the server loads this GPT-2 with ``editor_core`` and edits it with an
+untrained ``SMEditor`` -- the real code path, just small enough for 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+ADMIN_KEY = "test-admin-key-0123456789"
+PG_BASE_URL = os.environ.get("SMEDIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+SENTENCES = [
+    "The capital of France is Paris.",
+    "The Zentrix X2 costs 49 dollars and weighs 2 kilograms.",
+    "Water boils at one hundred degrees.",
+    "The largest planet in the solar system is Jupiter.",
+    "Our support line opens at nine in the morning.",
+    "The Nimbus router is made in Germany by Acme.",
+    "One plus one equals two. The sky is blue on a clear day.",
+    "Refunds are processed within five business days.",
+]
+CANARIES = [
+    "The capital of France is",
+    "Water boils at",
+    "The sky is",
+    "Refunds are processed within",
+]
+
+
+def build_tiny_model(out_dir: Path) -> Path:
+    """A 2-layer, 32-wide GPT-2 with a byte-level BPE tokenizer trained on a few sentences."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(out_dir))
+    tok = GPT2TokenizerFast(
+        vocab_file=str(out_dir / "vocab.json"), merges_file=str(out_dir / "merges.txt"),
+        eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>",
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=len(tok),
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+# ---- databases ----------------------------------------------------------------------------
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=3):
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    clusters = Path("/etc/postgresql")
+    if clusters.is_dir():  # try to start the local cluster once, as the CI script does
+        for version in sorted(p.name for p in clusters.iterdir()):
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                           capture_output=True, timeout=60)
+        try:
+            import psycopg
+
+            with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=3):
+                return True
+        except Exception:  # noqa: BLE001
+            return False
+    return False
+
+
+@pytest.fixture(scope="session")
+def pg_ok() -> bool:
+    return postgres_available()
+
+
+@pytest.fixture
+def pg_url(pg_ok: bool) -> Iterator[str]:
+    """A fresh schema on the local Postgres (dropped afterwards), as a SQLAlchemy URL."""
+    if not pg_ok:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 (db test, user postgres) is not reachable")
+    import psycopg
+
+    schema = f"smedit_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each persistence test runs on SQLite and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+# ---- a real server ------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: Any
+
+    def client(self, key: str | None = ADMIN_KEY, timeout: float = 60.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+def start_server(settings: Any, ready_timeout: float = 120.0) -> RunningServer:
+    """uvicorn in a thread on a free port; returns once /readyz says ready."""
+    from app.main import create_app
+
+    port = free_port()
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if not thread.is_alive():
+            raise RuntimeError("server thread exited during start-up")
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+            last = r.json()
+            if r.status_code == 200:
+                return RunningServer(url, server, thread, app)
+            if last.get("detail"):
+                raise RuntimeError(f"start-up failed: {last['detail']}")
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {ready_timeout}s: {last}")
+
+
+def make_settings(tiny_model_dir: Path, data_dir: Path, **overrides: Any) -> Any:
+    from app.settings import Settings
+
+    values: dict[str, Any] = dict(
+        data_dir=data_dir,
+        model_dir=tiny_model_dir,
+        editor_dir=None,
+        device="cpu",
+        admin_key=ADMIN_KEY,
+        gate_min_es=0.0,
+        gate_min_gs=0.0,
+        gate_max_canary_change=1.0,
+        canary_prompts=CANARIES,
+        worker_batch_wait_s=0.05,
+        min_version_timeout_s=20.0,
+        log_level="WARNING",
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def server_factory(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Any]:
+    """Start servers with settings overrides; every server started is stopped at the end."""
+    started: list[RunningServer] = []
+
+    def factory(**overrides: Any) -> RunningServer:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        data_dir = overrides.pop("data_dir")
+        srv = start_server(make_settings(tiny_model_dir, data_dir, **overrides))
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in started:
+        if srv.thread.is_alive():
+            srv.stop()
+
+
+@pytest.fixture
+def server(server_factory: Any) -> RunningServer:
+    return server_factory()
+
+
+def wait_edit(client: httpx.Client, edit_id: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll an edit until it leaves queued/running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/edits/{edit_id}").json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"edit {edit_id} still {body['status']} after {timeout}s")
+
+
+def wait_job(client: httpx.Client, job_id: int, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        if body["status"] in ("done", "failed"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {body['status']} after {timeout}s")

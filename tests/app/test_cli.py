@@ -1,0 +1,87 @@
+"""``smedit serve`` as a real process, driven by the client verbs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from smedit.commands import client_cmds
+from tests.app.conftest import ADMIN_KEY, CANARIES, free_port
+
+
+def test_serve_process_and_client_verbs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SMEDIT_MODEL_DIR": str(tiny_model_dir),
+        "SMEDIT_DEVICE": "cpu",
+        "SMEDIT_ADMIN_KEY": ADMIN_KEY,
+        "SMEDIT_GATE_MIN_ES": "0",
+        "SMEDIT_GATE_MAX_CANARY_CHANGE": "1",
+        "SMEDIT_CANARY_PROMPTS": "|".join(CANARIES),
+        "SMEDIT_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from smedit.commands.serve import serve; import typer; typer.run(serve)",
+         "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("server not ready")
+        runner = CliRunner()
+        cli_env = {"SMEDIT_URL": url, "SMEDIT_API_KEY": ADMIN_KEY}
+
+        def run(fn, *args: str) -> str:
+            import typer
+
+            app = typer.Typer()
+            app.command()(fn)
+            result = runner.invoke(app, list(args), env=cli_env)
+            assert result.exit_code == 0, result.output
+            return result.output
+
+        out = run(client_cmds.edit, "The sky is", "green", "-p", "The sky's colour is", "--author", "cli", "--wait")
+        assert '"status": "applied"' in out
+        assert "v1" in run(client_cmds.generate, "The sky is", "--max-tokens", "3", "--min-version", "1")
+        assert "'The sky is' -> 'green'" in run(client_cmds.history)
+        assert '"result_version": 2' in run(client_cmds.revert, "1", "--wait")
+        assert '"result_version": 3' in run(client_cmds.restore, "1", "--wait")
+        assert "(live)" in run(client_cmds.history, "--versions")
+        bad = runner.invoke(_single(client_cmds.revert), ["99"], env=cli_env)
+        assert bad.exit_code == 1 and "404" in bad.output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    output = proc.stdout.read()
+    # uvicorn shuts down gracefully, then re-raises the captured SIGTERM
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Traceback" not in output, output
+
+
+def _single(fn):
+    import typer
+
+    app = typer.Typer()
+    app.command()(fn)
+    return app
