@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import RESULTS, demo_world_model, print_table, write_result
-from editor_core.baselines import FTLEditor, NoEdit
+from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from editor_core.demo import editor_requests, DEMO_SIZES
 from editor_core.editor import SMEditor
 from editor_core.evaluate import evaluate_editing
@@ -38,8 +38,9 @@ def method_configs(max_steps: int, seed: int) -> dict[str, TrainConfig]:
     base = dict(max_steps=max_steps, seed=seed, val_every=max(1, max_steps // 4))
     return {
         "MALMEN S=1 KL": TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **base),
-        "SMEdit S=1 L2": TrainConfig(n_steps=1, reg="l2", **base),
-        "SMEdit S=2 L2": TrainConfig(n_steps=2, reg="l2", **base),
+        "SMEdit S=1 L2": TrainConfig(n_steps=1, reg="l2", reg_coef=1e-3, **base),
+        "SMEdit S=2 L2": TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, **base),
+        "SMEdit S=3 L2": TrainConfig(n_steps=3, reg="l2", reg_coef=1e-3, **base),
     }
 
 
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--n-eval", type=int, default=96, help="held-out edits per setting")
     parser.add_argument("--quick", action="store_true", help="one seed, batch 16, 64 edits, 150 steps")
+    parser.add_argument("--methods", nargs="*", default=None, help="only these methods (names as printed)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.batch_sizes, args.n_eval, args.max_steps = [0], [16], 64, 150
@@ -83,12 +85,18 @@ def main() -> None:
     for seed in args.seeds:
         train, val = editor_requests(world, spec, seed)
         evaluation = world.edit_requests("eval", seed=seed)[: args.n_eval]
-        methods = {"no-edit": NoEdit().edit, "FT-L": FTLEditor(model, tok).edit}
+        methods = {"no-edit": NoEdit().edit}
+        for bound in (0.01, 0.03, 0.1):  # FT-L's norm bound sets its success/locality trade-off
+            methods[f"FT-L eps={bound}"] = FTLEditor(model, tok, FTLConfig(norm_bound=bound, lr=bound)).edit
         configs = method_configs(args.max_steps, seed)
         methods["untrained S=2"] = untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
         for name, cfg in configs.items():
+            if args.methods and name not in args.methods:
+                continue
             methods[name] = trained_editor(model, tok, train, val, cfg, cache, f"{args.size}-{paths.root}").edit
         for name, edit_fn in methods.items():
+            if args.methods and name not in args.methods:
+                continue
             for n in args.batch_sizes:
                 report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n, generation=True)
                 results.setdefault(f"{name}|{n}", {}).setdefault("runs", []).append(

@@ -46,7 +46,7 @@ class TrainConfig:
 
     n_steps: int = 2
     reg: str = "l2"
-    reg_coef: float = 1e-2
+    reg_coef: float = 1e-3
     rank: int = 64
     n_blocks: int = 2
     init_lr: float | None = None  # None: calibrated on training edits (see calibrate_init_lr)
