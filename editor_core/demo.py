@@ -37,10 +37,11 @@ class DemoSize:
     n_products: int
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     val_fraction: float = 0.1  # share of train entities held out as editor validation edits
+    editor_steps: int = 200  # meta-training steps per editor
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
-    "tiny": DemoSize(n_products=40, pretrain=PretrainConfig.preset("tiny")),
+    "tiny": DemoSize(n_products=40, pretrain=PretrainConfig.preset("tiny"), editor_steps=60),
     "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small")),
 }
 
@@ -248,8 +249,10 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
     train, val = editor_requests(world, spec, seed)
     out: dict = {"train_requests": len(train), "val_requests": len(val)}
     for name, target, config in (
-        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2")),
-        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl")),
+        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, max_steps=spec.editor_steps,
+                                                 seed=seed)),
+        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, max_steps=spec.editor_steps,
+                                                 seed=seed)),
     ):
         started = time.perf_counter()
         tmp = target.with_name(f".{target.name}.tmp")
