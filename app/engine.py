@@ -246,9 +246,14 @@ class Engine:
 
     # ---- inference --------------------------------------------------------------------------
     def generate(
-        self, prompt: str, max_tokens: int, temperature: float = 0.0, stop: Sequence[str] = (), seed: int | None = None
+        self, prompt: str, max_tokens: int, temperature: float = 0.0, stop: Sequence[str] = (), seed: int | None = None,
+        streamer: Any | None = None,
     ) -> GenerateResult:
-        """Greedy (temperature 0) or sampled continuation of ``prompt`` on the live version."""
+        """Greedy (temperature 0) or sampled continuation of ``prompt`` on the live version.
+
+        ``streamer`` (a ``transformers`` streamer) receives the prompt ids, then each new token, while
+        the lock is held: it sees exactly the version returned (used by the SSE endpoints).
+        """
         with self.lock:
             version = self.live_version if self.live_version is not None else -1
             ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.model.device)
@@ -264,6 +269,8 @@ class Engine:
                 kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
             else:
                 kwargs.update(do_sample=False)
+            if streamer is not None:
+                kwargs["streamer"] = streamer
             with torch.no_grad():
                 out = self.model.generate(ids, **kwargs)
             new = out[0, ids.shape[1]:]

@@ -261,12 +261,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    from app.api import edits, health, inference, keys, versions
+    from app.api import edits, health, inference, keys, openai_compat, versions
 
     app.include_router(health.router)
     app.include_router(edits.router)
     app.include_router(versions.router)
     app.include_router(inference.router)
     app.include_router(keys.router)
+    app.include_router(openai_compat.router)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app

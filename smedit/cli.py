@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from smedit.commands import core
+from smedit.commands import client_cmds, core
 from smedit.commands.demo import demo_app
+from smedit.commands.export import export_app
+from smedit.commands.serve import serve
 
 app = typer.Typer(
     help="smedit: edit what a language model knows, keep a history, undo any change.",
@@ -13,25 +15,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+# The library.
 app.command("train-editor")(core.train_editor)
 app.command("eval")(core.evaluate)
 app.add_typer(demo_app, name="demo")
+app.add_typer(export_app, name="export")
 
-try:  # the service commands land with app/; the library verbs work without them
-    from smedit.commands.serve import serve
-
-    app.command("serve")(serve)
-except ImportError:  # pragma: no cover
-    pass
-
-try:
-    from smedit.commands import client_cmds
-
-    for _name in ("edit", "history", "revert", "restore", "generate"):
-        if hasattr(client_cmds, _name):
-            app.command(_name)(getattr(client_cmds, _name))
-except ImportError:  # pragma: no cover
-    pass
+# The service and its client verbs.
+app.command("serve")(serve)
+for _name in ("edit", "bulk", "history", "revert", "restore", "generate", "probe"):
+    app.command(_name)(getattr(client_cmds, _name))
 
 
 if __name__ == "__main__":

@@ -1,52 +1,60 @@
-"""Client verbs against a running smedit server: ``edit``, ``history``, ``revert``, ``restore``, ``generate``.
+"""Client verbs against a running smedit server: ``edit``, ``bulk``, ``history``, ``revert``, ``restore``,
+``generate``, ``probe``.
 
 Each is a Typer command function (registered in ``smedit.cli``); ``client_app`` groups them too.
-The server URL and API key come from ``--url`` / ``--key`` or ``SMEDIT_URL`` / ``SMEDIT_API_KEY``.
+They are thin wrappers over :mod:`smedit.client`. The server URL and API key come from ``--url`` /
+``--key`` or ``SMEDIT_URL`` / ``SMEDIT_API_KEY``.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
-import time
-from typing import Any, List, Optional
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, List, Optional, TypeVar
 
-import httpx
 import typer
+from pydantic import BaseModel
+
+from smedit.client import APIError, Client, Fact, WaitTimeout
 
 client_app = typer.Typer(help="Talk to a running smedit server.", no_args_is_help=True)
 
 URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="SMEDIT_URL", help="Server base URL.")
 KEY = typer.Option(None, "--key", envvar="SMEDIT_API_KEY", help="API key (Bearer).")
 WAIT = typer.Option(False, "--wait", help="Wait until the server has finished the job.")
+WAIT_TIMEOUT = 600.0
+R = TypeVar("R")
 
 
-def _client(url: str, key: Optional[str]) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=120)
+def _client(url: str, key: Optional[str]) -> Client:
+    return Client(url, api_key=key or "", timeout=120)
 
 
-def _check(r: httpx.Response) -> Any:
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail")
-        except ValueError:
-            detail = r.text
-        typer.echo(f"error {r.status_code}: {json.dumps(detail) if not isinstance(detail, str) else detail}", err=True)
-        raise typer.Exit(1)
-    return r.json()
+def _call(fn: Callable[[], R]) -> R:
+    """Run a client call; API errors become ``error <status>: <detail>`` and exit code 1."""
+    try:
+        return fn()
+    except APIError as exc:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        typer.echo(f"error {exc.status_code}: {detail}", err=True)
+        raise typer.Exit(1) from None
+    except WaitTimeout as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _print(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+    def plain(x: Any) -> Any:
+        if isinstance(x, BaseModel):
+            return x.model_dump(mode="json")
+        if isinstance(x, list):
+            return [plain(i) for i in x]
+        return x
 
-
-def _poll(c: httpx.Client, path: str, done: tuple[str, ...], timeout: float = 600) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = _check(c.get(path))
-        if body["status"] in done or time.monotonic() > deadline:
-            return body
-        time.sleep(0.2)
+    typer.echo(json.dumps(plain(data), indent=2, default=str))
 
 
 @client_app.command("edit")
@@ -62,17 +70,69 @@ def edit(
     key: Optional[str] = KEY,
 ) -> None:
     """Submit one fact; prints the edit ids (and with --wait, the outcome)."""
-    body: dict[str, Any] = {"prompt": prompt, "target": target, "paraphrases": paraphrase}
-    for name, value in (("author", author), ("reason", reason), ("idempotency_key", idempotency_key)):
-        if value is not None:
-            body[name] = value
     with _client(url, key) as c:
-        sub = _check(c.post("/v1/edits", json=body))
+        sub = _call(lambda: c.submit_edit(prompt, target, paraphrase, author=author, reason=reason,
+                                          idempotency_key=idempotency_key))
         if not wait:
             _print(sub)
             return
-        _print([_poll(c, f"/v1/edits/{i}", ("applied", "rejected", "needs_review", "failed", "reverted"))
-                for i in sub["edit_ids"]])
+        _print(_call(lambda: c.wait_for_edits(sub.edit_ids, WAIT_TIMEOUT)))
+
+
+def read_facts(path: Path) -> Iterator[Fact]:
+    """Facts from a CSV (columns ``prompt,target`` and optionally ``paraphrases``, ``|``-separated)
+    or a JSONL file (one ``{"prompt", "target", "paraphrases"?, "locality"?}`` per line)."""
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as handle:
+            for n, line in enumerate(handle, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    try:
+                        yield Fact(row["prompt"], row["target"], row.get("paraphrases", ()), row.get("locality", ()))
+                    except KeyError as exc:
+                        raise typer.BadParameter(f"{path}:{n}: missing {exc}") from None
+        return
+    with path.open(encoding="utf-8", newline="") as handle:
+        for n, row in enumerate(csv.DictReader(handle), 2):
+            if not row.get("prompt") or not row.get("target"):
+                raise typer.BadParameter(f"{path}:{n}: needs 'prompt' and 'target' columns")
+            paraphrases = [p.strip() for p in (row.get("paraphrases") or "").split("|") if p.strip()]
+            yield Fact(row["prompt"], row["target"], paraphrases)
+
+
+@client_app.command("bulk")
+def bulk(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV (prompt,target[,paraphrases]) or JSONL."),
+    author: Optional[str] = typer.Option(None, "--author"),
+    reason: Optional[str] = typer.Option(None, "--reason"),
+    chunk: int = typer.Option(64, "--chunk", min=1, help="Facts per request (at most the server's MAX_BATCH)."),
+    wait: bool = WAIT,
+    url: str = URL,
+    key: Optional[str] = KEY,
+) -> None:
+    """Submit every fact of a file. Each chunk carries an idempotency key derived from the file's
+    content and these options, so running the same command again submits nothing twice."""
+    facts = list(read_facts(file))
+    digest = hashlib.sha256(file.read_bytes() + json.dumps([author, reason, chunk]).encode()).hexdigest()[:16]
+    ids: list[int] = []
+    with _client(url, key) as c:
+        for start in range(0, len(facts), chunk):
+            part = facts[start:start + chunk]
+            sub = _call(lambda: c.submit_edits(part, author=author, reason=reason,
+                                               idempotency_key=f"bulk-{digest}-{start}"))
+            ids.extend(sub.edit_ids)
+        if not wait:
+            _print({"edit_ids": ids, "facts": len(facts)})
+            return
+        edits = _call(lambda: c.wait_for_edits(ids, WAIT_TIMEOUT))
+    counts: dict[str, int] = {}
+    for e in edits:
+        counts[e.status] = counts.get(e.status, 0) + 1
+    for e in edits:
+        if not e.applied:
+            typer.echo(f"#{e.id} {e.status}: {e.prompt!r} -> {e.target!r}  {e.error or ''}")
+    _print({"edit_ids": ids, "statuses": counts,
+            "latest_version": max((e.applied_version or 0) for e in edits) if edits else None})
 
 
 @client_app.command("history")
@@ -88,25 +148,26 @@ def history(
     key: Optional[str] = KEY,
 ) -> None:
     """Edits (or versions, --versions), newest first."""
-    params = {k: v for k, v in dict(status=status, author=author, q=q, limit=limit, offset=offset).items() if v is not None}
-    if versions:
-        params.pop("status", None)
-        if "author" in params:
-            params["created_by"] = params.pop("author")
     with _client(url, key) as c:
-        page = _check(c.get("/v1/versions" if versions else "/v1/edits", params=params))
+        if versions:
+            vpage = _call(lambda: c.list_versions(created_by=author, q=q, limit=limit, offset=offset))
+            if as_json:
+                _print(vpage)
+                return
+            for v in vpage.items:
+                live = " (live)" if v.live else ""
+                typer.echo(f"v{v.number:<5} {v.kind:<8} {v.created_at.isoformat()}  {v.weights_hash[:12]}  "
+                           f"{v.note or ''}{live}")
+            typer.echo(f"{len(vpage.items)} of {vpage.total}")
+            return
+        page = _call(lambda: c.list_edits(status=status, author=author, q=q, limit=limit, offset=offset))
     if as_json:
         _print(page)
         return
-    if versions:
-        for v in page["items"]:
-            live = " (live)" if v["live"] else ""
-            typer.echo(f"v{v['number']:<5} {v['kind']:<8} {v['created_at']}  {v['weights_hash'][:12]}  {v['note'] or ''}{live}")
-    else:
-        for e in page["items"]:
-            ver = f"v{e['applied_version']}" if e["applied_version"] is not None else "-"
-            typer.echo(f"#{e['id']:<5} {e['status']:<12} {ver:<6} {e['prompt']!r} -> {e['target']!r}  ({e['author'] or ''})")
-    typer.echo(f"{len(page['items'])} of {page['total']}")
+    for e in page.items:
+        ver = f"v{e.applied_version}" if e.applied_version is not None else "-"
+        typer.echo(f"#{e.id:<5} {e.status:<12} {ver:<6} {e.prompt!r} -> {e.target!r}  ({e.author or ''})")
+    typer.echo(f"{len(page.items)} of {page.total}")
 
 
 @client_app.command("revert")
@@ -118,8 +179,7 @@ def revert(
 ) -> None:
     """Revert an applied edit (admin): a new version without it."""
     with _client(url, key) as c:
-        job = _check(c.post(f"/v1/edits/{edit_id}/revert"))
-        _print(_poll(c, f"/v1/jobs/{job['job_id']}", ("done", "failed")) if wait else job)
+        _print(_call(lambda: c.revert(edit_id, wait=wait, timeout=WAIT_TIMEOUT)))
 
 
 @client_app.command("restore")
@@ -131,8 +191,7 @@ def restore(
 ) -> None:
     """Restore a version (admin): a new version with exactly its weights."""
     with _client(url, key) as c:
-        job = _check(c.post(f"/v1/versions/{version}/restore"))
-        _print(_poll(c, f"/v1/jobs/{job['job_id']}", ("done", "failed")) if wait else job)
+        _print(_call(lambda: c.restore(version, wait=wait, timeout=WAIT_TIMEOUT)))
 
 
 @client_app.command("generate")
@@ -145,9 +204,22 @@ def generate(
     key: Optional[str] = KEY,
 ) -> None:
     """Generate text on the live (edited) model; prints the text and the version it ran on."""
-    body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
-    if min_version is not None:
-        body["min_version"] = min_version
     with _client(url, key) as c:
-        out = _check(c.post("/v1/generate", json=body))
-    typer.echo(f"[v{out['version']}] {prompt}{out['text']}")
+        out = _call(lambda: c.generate(prompt, max_tokens=max_tokens, temperature=temperature, min_version=min_version))
+    typer.echo(f"[v{out.version}] {prompt}{out.text}")
+
+
+@client_app.command("probe")
+def probe(
+    prompt: str = typer.Argument(..., help="The question / prompt, e.g. 'The Zentrix X2 costs'."),
+    target: str = typer.Argument(..., help="The answer to check, e.g. '49 dollars'."),
+    min_version: Optional[int] = typer.Option(None, "--min-version", help="Wait until this version is live."),
+    url: str = URL,
+    key: Optional[str] = KEY,
+) -> None:
+    """Check an answer: P(target | prompt), the first token's rank, and what greedy decoding says."""
+    with _client(url, key) as c:
+        r = _call(lambda: c.probe(prompt, target, min_version=min_version))
+    verdict = "yes" if r.greedy else "no"
+    typer.echo(f"[v{r.version}] p={r.probability:.4f} rank={r.rank} greedy says it: {verdict} "
+               f"(greedy: {r.greedy_text!r})")

@@ -1,0 +1,84 @@
+"""``smedit export lora|model`` against a live service's database reproduce its edited model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from smedit.commands.export import export_app
+from tests.app.conftest import RunningServer, wait_edit, wait_job
+
+peft = pytest.importorskip("peft")
+
+PROMPTS = ["The sky is", "Water boils at", "The Zentrix X2 costs"]
+
+
+def _service_logits(server: RunningServer) -> list[torch.Tensor]:
+    engine = server.services.engine
+    with engine.exclusive(), torch.no_grad():
+        return [engine.model(input_ids=engine.tokenizer(p, return_tensors="pt")["input_ids"]).logits.float()
+                for p in PROMPTS]
+
+
+def _logits(model: torch.nn.Module, tokenizer, prompts=PROMPTS) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(input_ids=tokenizer(p, return_tensors="pt")["input_ids"]).logits.float() for p in prompts]
+
+
+def _export(*args: str) -> dict:
+    result = CliRunner().invoke(export_app, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_exports_reproduce_the_service_model(server: RunningServer, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    admin = server.client()
+    for prompt, target in [("The sky is", "green"), ("The Zentrix X2 costs", "59 dollars")]:
+        sub = admin.post("/v1/edits", json={"prompt": prompt, "target": target}).json()
+        assert wait_edit(admin, sub["edit_ids"][0])["status"] == "applied"
+    assert server.services.engine.live_version == 2
+    live = _service_logits(server)
+    where = ["--data-dir", str(server.services.settings.data_dir), "--model-dir", str(tiny_model_dir)]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    report = _export("lora", "--version", "2", "--out", str(tmp_path / "lora"), *where)
+    assert report["exact"] and report["version"] == 2 and report["edit_ids"] == [1, 2]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    base_logits = _logits(base, tok)
+    lora = peft.PeftModel.from_pretrained(base, tmp_path / "lora").eval()
+    for got, want in zip(_logits(lora, tok), live):
+        assert torch.allclose(got, want, atol=1e-4, rtol=0)
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(live, base_logits))  # the edits did something
+
+    report = _export("model", "--out", str(tmp_path / "full"), *where)  # default: the latest version
+    assert report["version"] == 2 and report["weights_hash_matches_version"]
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "full").eval()
+    for got, want in zip(_logits(full, AutoTokenizer.from_pretrained(tmp_path / "full")), live):
+        assert torch.equal(got, want)
+
+    # an older version: truncated LoRA (error reported) and full, checked after restoring it live
+    cut = _export("lora", "-v", "1", "--max-rank", "1", "--out", str(tmp_path / "lora1"), *where)
+    assert cut["rank"] == 1 and cut["edit_ids"] == [1]
+    assert all(m["rank"] == 1 for m in cut["modules"])
+    assert cut["exact"] == (cut["max_rel_error"] < 1e-6)
+    _export("model", "-v", "1", "--out", str(tmp_path / "full1"), *where)
+    job = admin.post("/v1/versions/1/restore").json()
+    assert wait_job(admin, job["job_id"])["status"] == "done"
+    v1 = _service_logits(server)
+    full1 = AutoModelForCausalLM.from_pretrained(tmp_path / "full1").eval()
+    assert all(torch.equal(a, b) for a, b in zip(_logits(full1, tok), v1))
+
+    # errors: not a version, not an empty directory, the base model is nothing to export
+    runner = CliRunner()
+    bad = runner.invoke(export_app, ["lora", "-v", "99", "--out", str(tmp_path / "x"), *where])
+    assert bad.exit_code == 1 and "version 99 not found" in bad.output
+    bad = runner.invoke(export_app, ["lora", "--out", str(tmp_path / "lora"), *where])
+    assert bad.exit_code == 1 and "--force" in bad.output
+    bad = runner.invoke(export_app, ["lora", "-v", "0", "--out", str(tmp_path / "y"), *where])
+    assert bad.exit_code == 1 and "nothing to export" in bad.output
