@@ -160,6 +160,7 @@ def build_demo(
             return paths
 
         tmp_root = Path(tempfile.mkdtemp(prefix=f".{size}.build-", dir=parent))
+        os.chmod(tmp_root, 0o755)  # mkdtemp makes it private; the finished demo should not be
         try:
             _full_build(_layout(tmp_root), key, spec, seed, progress, train_editor)
             if paths.root.exists():

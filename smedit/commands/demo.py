@@ -17,6 +17,12 @@ demo_app = typer.Typer(
 )
 
 
+@demo_app.callback()
+def _group() -> None:
+    """The demo world: fictional product facts, a small LM trained to know them, and editors."""
+    # A callback keeps `demo` a command group even while `build` is its only command.
+
+
 class DemoSizeName(str, Enum):
     tiny = "tiny"
     small = "small"

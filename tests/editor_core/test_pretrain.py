@@ -40,7 +40,7 @@ def test_tiny_demo_layout(tiny_demo):
     assert paths.world_json.is_file() and paths.stats_json.is_file() and paths.stamp_json.is_file()
     assert (paths.model_dir / "model.safetensors").is_file()
     assert not paths.has_editors
-    assert seconds < 90, f"tiny demo took {seconds:.0f} s"
+    assert seconds < 300, f"tiny demo took {seconds:.0f} s"  # ~30 s on 2 idle cores
     assert not list(paths.root.parent.glob(".tiny.build-*"))
     stats = json.loads(paths.stats_json.read_text())
     assert stats["pretrain"]["steps"] > 0 and stats["pretrain"]["tokens_per_second"] > 0
