@@ -23,6 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
+MIGRATION_LOCK_KEY = 0x5E3D18  # pg advisory lock id held while migrating
+
+
 class SchemaTooNewError(RuntimeError):
     """The database was migrated by a newer smedit; this one must not write to it."""
 
@@ -103,6 +106,12 @@ def upgrade_to_head(engine: Engine) -> str:
                 f"(its newest is {known}); upgrade smedit instead of starting an old one"
             ) from None
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas and the worker start together on a fresh database: one migrates at a
+            # time (the lock is released when this transaction ends; the others then see head).
+            from sqlalchemy import text
+
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     head = script.get_current_head()

@@ -90,16 +90,33 @@ class PollingFollower:
 
 
 class RedisFollower(PollingFollower):
-    """Catch up on each version announced on a Redis channel; poll slowly as a safety net
-    (a missed message or a reconnect never leaves the replica behind for long)."""
+    """Follow the version log: each version the worker commits is announced on a Redis channel.
+
+    Announcements only say "version N exists"; the state always comes from the database, so
+    order and gaps take care of themselves: a message for N <= live is ignored, anything newer
+    (the next version, or a jump after missed messages) makes the replica catch up to the latest
+    committed version (the same bits as applying each version in turn: a version's weights are a
+    function of its active list). On start and on every (re)connect it catches up from the
+    database; every ``interval`` seconds it also polls, as a safety net for lost messages.
+    A burst of announcements is drained first and answered with one catch-up.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], engine: Engine, url: str, channel: str,
-                 interval: float = 5.0) -> None:
+                 interval: float = 5.0, timeout_s: float = 5.0) -> None:
         super().__init__(sessions, engine, interval)
         import redis
 
-        self.redis = redis.Redis.from_url(url)
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s + 2.0,
+                                          health_check_interval=30)
         self.channel = channel
+        self.connected = False
+
+    @staticmethod
+    def _number(message: dict) -> int | None:
+        try:
+            return int(message.get("data"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
 
     def _run(self) -> None:
         pubsub = None
@@ -108,26 +125,55 @@ class RedisFollower(PollingFollower):
                 if pubsub is None:
                     pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.channel)
-                    self.catch_up()  # whatever was announced while (re)connecting
+                    self.connected = True
+                    self.catch_up()  # whatever was committed while we were (re)connecting
                 last = time.monotonic()
+                newest: int | None = None
                 while not self._stop.is_set():
                     # wake at least every second so stop() is prompt
-                    if pubsub.get_message(timeout=1.0) is not None or time.monotonic() - last >= self.interval:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        newest = _newer(newest, self._number(message))
+                        while (more := pubsub.get_message(timeout=0)) is not None:  # drain a burst
+                            newest = _newer(newest, self._number(more))
+                        live = self.engine.live_version
+                        if newest is None or live is None or newest > live:
+                            break
+                        newest = None
+                    # nothing served yet (no version 0 when we started): poll every second
+                    interval = self.interval if self.engine.live_version is not None else 1.0
+                    if time.monotonic() - last >= interval:
                         break
                 self.catch_up()
             except Exception:  # noqa: BLE001 - reconnect and catch up from the DB
-                log.exception("redis follower error; reconnecting")
+                if self.connected:
+                    log.exception("redis follower error; reconnecting")
+                self.connected = False
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
                 pubsub = None
+                # Redis may be down while the database is not: keep following by polling
+                try:
+                    self.catch_up()
+                except Exception:  # noqa: BLE001
+                    pass
                 self._stop.wait(1.0)
         if pubsub is not None:
             pubsub.close()
+
+
+def _newer(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def redis_announcer(url: str, channel: str):  # noqa: ANN201 - Callable[[int], None]
     """The worker's announce hook: publish each new version number."""
     import redis
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
 
     def announce(version: int) -> None:
         try:

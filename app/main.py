@@ -64,8 +64,16 @@ class Services:
         return self._ready.is_set() and self.engine is not None and self.engine.live_version is not None
 
     @property
+    def role(self) -> str:
+        return self.settings.effective_role()
+
+    @property
+    def runs_worker(self) -> bool:
+        return self.role in ("all", "worker")
+
+    @property
     def worker_running(self) -> bool:
-        if not self.settings.run_worker:
+        if not self.runs_worker:
             return True  # not this process's job (production API replica)
         return self.worker is not None and self.worker.running
 
@@ -74,7 +82,19 @@ class Services:
 
 
 def _bootstrap_keys(services: Services) -> None:
-    """Configured admin key stored (hashed); on a key-less DB, print a generated admin key once."""
+    """Configured admin key stored (hashed); on a key-less DB, print a generated admin key once.
+
+    Several processes may start at once on a fresh database (replicas + worker): a twin insert
+    loses on the unique key hash and simply retries (the key is then there)."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        _bootstrap_keys_once(services)
+    except IntegrityError:
+        _bootstrap_keys_once(services)
+
+
+def _bootstrap_keys_once(services: Services) -> None:
     settings = services.settings
     with session_scope(services.sessions) as s:
         if settings.admin_key:
@@ -109,23 +129,28 @@ def _load_and_start(services: Services) -> None:
         log.info("model loaded", extra={"model_dir": str(model_dir), "device": engine.device,
                                         "load_s": round(time.perf_counter() - t0, 2)})
         services.phase = "replaying the latest version"
-        if settings.run_worker:
+        if services.runs_worker:
             channel = f"{settings.redis_prefix}:versions"
             announce = redis_announcer(settings.redis_url, channel) if settings.redis_url else None
             worker = Worker(settings, services.sessions, services.queue, engine, services.metrics,
                             canaries=canaries, announce=announce)
-            services.replay = bootstrap_and_replay(services.sessions, engine, worker.cache, writer=True)
+            services.replay = _retry_db(services, lambda: bootstrap_and_replay(
+                services.sessions, engine, worker.cache, writer=True))
             services.engine = engine
-            worker.recover()
+            if announce is not None and services.replay.get("version") is not None:
+                announce(services.replay["version"])  # replicas waiting for version 0 need not poll
+            # the worker takes over unfinished jobs itself, once it holds the writer lock
             worker.start()
             services.worker = worker
             services.follower = LocalFollower(engine)
         else:
             follower = (
-                RedisFollower(services.sessions, engine, settings.redis_url, f"{settings.redis_prefix}:versions")
+                RedisFollower(services.sessions, engine, settings.redis_url, f"{settings.redis_prefix}:versions",
+                              interval=settings.follow_interval_s, timeout_s=settings.redis_timeout_s)
                 if settings.redis_url else PollingFollower(services.sessions, engine)
             )
-            services.replay = bootstrap_and_replay(services.sessions, engine, follower.cache, writer=False)
+            services.replay = _retry_db(services, lambda: bootstrap_and_replay(
+                services.sessions, engine, follower.cache, writer=False))
             services.engine = engine
             follower.start()
             services.follower = follower
@@ -137,6 +162,22 @@ def _load_and_start(services: Services) -> None:
         services.startup_error = f"{type(exc).__name__}: {exc}"
         services.phase = "failed"
         log.exception("start-up failed")
+
+
+def _retry_db(services: Services, fn: Any, wait_s: float = 120.0) -> Any:
+    """Run a start-up step, retrying while the database is unreachable (it may come up later)."""
+    from app.errors import is_dependency_error
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_dependency_error(exc) or time.monotonic() > deadline:
+                raise
+            services.phase = f"waiting for the database: {type(exc).__name__}"
+            log.warning("database unavailable during start-up; retrying", extra={"error": str(exc)[:300]})
+            time.sleep(1.0)
 
 
 class BodySizeLimit:
@@ -183,6 +224,23 @@ async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+async def _upgrade_when_reachable(db: SQLEngine, wait_s: float) -> str:
+    """Migrate to head; while the database is unreachable, retry for up to ``wait_s`` seconds."""
+    import asyncio
+
+    from app.errors import is_dependency_error
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await asyncio.to_thread(upgrade_to_head, db)
+        except Exception as exc:
+            if not is_dependency_error(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable at start-up; retrying", extra={"error": str(exc)[:300]})
+            await asyncio.sleep(1.0)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
@@ -192,14 +250,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         db = make_engine(settings.resolved_database_url())
-        head = upgrade_to_head(db)
+        head = await _upgrade_when_reachable(db, settings.startup_db_wait_s)
         sessions = make_sessionmaker(db)
         kind = settings.resolved_queue()
         queue: Queue
         if kind == "redis":
             if not settings.redis_url:
                 raise RuntimeError("SMEDIT_QUEUE=redis needs SMEDIT_REDIS_URL")
-            queue = RedisStreamQueue(settings.redis_url, prefix=settings.redis_prefix)
+            queue = RedisStreamQueue(settings.redis_url, prefix=settings.redis_prefix,
+                                     claim_idle_s=settings.claim_idle_s, timeout_s=settings.redis_timeout_s)
         elif kind == "db":
             queue = DatabaseQueue(sessions)
         else:
@@ -207,7 +266,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = Services(settings=settings, db=db, sessions=sessions, queue=queue, metrics=Metrics())
         services.metrics.track_queue(queue.depth)
         app.state.services = services
-        _bootstrap_keys(services)
+        if services.role != "worker":
+            _bootstrap_keys(services)
         log.info("database ready", extra={"schema": head, "queue": kind, "url": db.url.render_as_string(hide_password=True)})
         starter = threading.Thread(target=_load_and_start, args=(services,), name="smedit-start", daemon=True)
         starter.start()
@@ -261,13 +321,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    from app.errors import install_dependency_handlers
+
+    install_dependency_handlers(app)
+
     from app.api import edits, health, inference, keys, openai_compat, versions
 
     app.include_router(health.router)
-    app.include_router(edits.router)
-    app.include_router(versions.router)
-    app.include_router(inference.router)
-    app.include_router(keys.router)
-    app.include_router(openai_compat.router)
+    if settings.effective_role() != "worker":  # the worker process serves only health and metrics
+        app.include_router(edits.router)
+        app.include_router(versions.router)
+        app.include_router(inference.router)
+        app.include_router(keys.router)
+        app.include_router(openai_compat.router)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app

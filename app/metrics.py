@@ -38,12 +38,27 @@ class Metrics:
         self.gate_rejections = Counter(
             "smedit_gate_rejections", "Edits failing the quality gate, by failed check", ["check"], registry=r
         )
+        self.worker_leader = Gauge(
+            "smedit_worker_leader", "1 while this process is the one editing worker (holds the lock)", registry=r
+        )
+        self.requeued = Counter(
+            "smedit_jobs_requeued", "Pending jobs re-enqueued from the database (lost by the queue)", registry=r
+        )
+        self.version_lag = Gauge(
+            "smedit_version_lag", "Latest committed version minus the version this process serves", registry=r
+        )
         self.http_requests = Counter(
             "smedit_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
         )
 
     def track_queue(self, depth: Callable[[], int]) -> None:
-        self.queue_depth.set_function(lambda: float(depth()))
+        def read() -> float:
+            try:
+                return float(depth())
+            except Exception:  # noqa: BLE001 - the queue (Redis) is down: no value, not a failed scrape
+                return float("nan")
+
+        self.queue_depth.set_function(read)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,6 +26,12 @@ class NotFound(LookupError):
     pass
 
 
+class FencedOff(RuntimeError):
+    """A writer tried to commit on top of a version that is no longer the latest, or to decide an
+    edit/job another writer already decided: it is not (or no longer) the one worker. Nothing of
+    its transaction is kept; it re-syncs and re-checks its lock."""
+
+
 class ChecksumError(RuntimeError):
     """A stored delta blob does not match its sha256: storage corruption, refuse to use it."""
 
@@ -198,6 +204,30 @@ def pending_job_ids(session: Session) -> list[int]:
     return list(session.scalars(select(Job.id).where(Job.status.in_(("pending", "running"))).order_by(Job.id)))
 
 
+def stale_pending_job_ids(session: Session, created_before: datetime | None = None) -> list[int]:
+    """Pending jobs (optionally only those created before a time), in id order: the periodic
+    re-enqueue sweep compares them with what the queue holds."""
+    query = select(Job.id).where(Job.status == "pending")
+    if created_before is not None:
+        query = query.where(Job.created_at < created_before)
+    return list(session.scalars(query.order_by(Job.id)))
+
+
+def lock_job(session: Session, job_id: int) -> Job:
+    """The job row, locked for this transaction (PostgreSQL ``FOR UPDATE``; SQLite has one writer)."""
+    row = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
+def lock_edit(session: Session, edit_id: int) -> Edit:
+    row = session.get(Edit, edit_id, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise NotFound(f"edit {edit_id} not found")
+    return row
+
+
 def reset_running(session: Session) -> int:
     """After a crash: running jobs and edits go back to pending/queued (their work was never committed)."""
     n = session.execute(update(Job).where(Job.status == "running").values(status="pending", started_at=None)).rowcount
@@ -287,20 +317,34 @@ def create_version(
     created_by: str | None = None,
     note: str | None = None,
     edit_ids: Sequence[int] = (),
+    expect_latest: int | None = None,
 ) -> Version:
     """Append a version numbered max+1 in this transaction.
 
     The number is the primary key: if another writer committed the same number first, the flush
     or commit raises IntegrityError and this transaction rolls back instead of forking history.
+    With ``expect_latest`` (the version the new state was computed on) the append is a
+    compare-and-set: if any other version was committed since, :class:`FencedOff` is raised, so
+    a writer that lost its lock can never append a state that drops someone else's delta.
     """
     current = session.scalar(select(func.max(Version.number)))
+    if expect_latest is not None and current != expect_latest:
+        raise FencedOff(f"version {current} was committed since this writer read version {expect_latest}")
     number = 0 if current is None else int(current) + 1
     row = Version(
         number=number, kind=kind, active_deltas=list(active_deltas), weights_hash=weights_hash,
         job_id=job_id, created_by=created_by, note=note, edit_ids=list(edit_ids), created_at=utcnow(),
     )
     session.add(row)
-    session.flush()
+    if expect_latest is None:
+        session.flush()
+        return row
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        session.flush()
+    except IntegrityError:
+        raise FencedOff(f"another writer committed version {number} concurrently") from None
     return row
 
 

@@ -239,3 +239,9 @@ class Ready(BaseModel):
     live_version: int | None
     detail: str | None = Field(None, description="the start-up error, when start-up failed")
     phase: str = Field("starting", description="what start-up is doing now")
+    role: str = Field("all", description="all (API + worker), api (replica) or worker")
+    latest_version: int | None = Field(None, description="latest committed version in the database")
+    lag: int | None = Field(None, description="latest_version - live_version (versions not yet applied here)")
+    worker_leader: bool | None = Field(None, description="this process holds the writer lock (worker roles)")
+    database: str = Field("unknown", description="ok, or why the database is unreachable")
+    queue: str = Field("unknown", description="ok, or why the job queue (Redis) is unreachable")

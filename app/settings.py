@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     run_worker: bool = Field(True, description="start the editing worker in this process (embedded mode)")
+    role: Literal["all", "api", "worker"] = Field(
+        "all",
+        description="all = API + worker in one process (embedded); api = replica without a worker, following "
+        "the version log; worker = the editing worker with only /healthz, /readyz, /metrics over HTTP",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -60,8 +65,22 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(16, description="max edit jobs edited as one batch")
     worker_batch_wait_s: float = Field(0.2, description="how long to gather a micro-batch")
     min_version_timeout_s: float = Field(30.0, description="longest wait for min_version")
+    requeue_interval_s: float = Field(
+        15.0, description="how often the worker re-enqueues, from the database, pending jobs missing from the queue"
+    )
+    requeue_grace_s: float = Field(2.0, description="a pending job younger than this is not re-enqueued yet")
+    claim_idle_s: float = Field(60.0, description="reclaim stream entries another consumer left pending this long")
+    leader_check_interval_s: float = Field(2.0, description="how often the worker verifies it still holds its lock")
+    startup_db_wait_s: float = Field(120.0, description="how long start-up waits for an unreachable database")
+    redis_timeout_s: float = Field(5.0, description="Redis socket / connect timeout")
+    follow_interval_s: float = Field(
+        5.0, description="replicas: safety-net poll of the version log (1 s when following without Redis)"
+    )
 
     # ---- quality gate --------------------------------------------------------------------
+    gate_enabled: bool = Field(
+        True, description="measure and gate every edit before commit; false = commit unmeasured (trusted bulk loads)"
+    )
     gate_min_es: float = Field(0.5, description="reject an edit whose ES (token acc. on its prompt) is below")
     gate_min_gs: float = Field(0.0, description="reject an edit whose GS (paraphrases) is below")
     gate_max_canary_change: float = Field(0.25, description="reject when more canaries change answer")
@@ -89,6 +108,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'smedit.db').resolve()}"
+
+    def effective_role(self) -> str:
+        """``all`` with ``run_worker=False`` (the older ``--no-worker``) is an API replica."""
+        if self.role == "all" and not self.run_worker:
+            return "api"
+        return self.role
 
     def resolved_queue(self) -> str:
         if self.queue != "auto":

@@ -30,6 +30,7 @@ from app.logging import request_id_var
 from app.metrics import Metrics
 from app.models import Edit, Job, utcnow
 from app.queue import Queue, QueuedJob
+from app.repository import FencedOff
 from app.settings import Settings
 
 log = logging.getLogger("app.worker")
@@ -146,16 +147,63 @@ class Worker:
         self.last_error: str | None = None
         self._leader_conn: Any = None
         self._waited = False
+        self.is_leader = False
+        self.leader_terms = 0  # how many times this worker became the writer
+        self._lease_checked = 0.0
+        self._last_sweep = 0.0
+        self._canary_ref: tuple[tuple[int, ...], list[str]] | None = None
+        import os
+        import socket
+
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
 
     # ---- lifecycle ----------------------------------------------------------------------
     def recover(self) -> int:
-        """Re-enqueue unfinished jobs in their total order (the in-process queue died with us)."""
+        """Take over unfinished work (called once this worker holds the writer lock).
+
+        Jobs left ``running`` by a dead writer go back to ``pending`` (their work was never
+        committed); stream entries other consumers left unacknowledged are claimed at once; then
+        every pending job the queue does not hold is re-enqueued in id order.
+        """
         with session_scope(self.sessions) as s:
             repo.reset_running(s)
             ids = repo.pending_job_ids(s)
-        for job_id in ids:
-            self.queue.put(job_id)
+        reclaim = getattr(self.queue, "reclaim_all", None)
+        if reclaim is not None:
+            n = reclaim()
+            if n:
+                log.info("reclaimed stream entries of dead consumers", extra={"entries": n})
+        reconcile = getattr(self.queue, "reconcile", None)
+        if reconcile is not None:
+            added = reconcile(ids)
+        else:
+            added = ids
+            self.queue.put_many(ids)
+        if added:
+            self.metrics.requeued.inc(len(added))
+            log.info("re-enqueued pending jobs from the database", extra={"jobs": len(added)})
+        self._last_sweep = time.monotonic()
         return len(ids)
+
+    def sweep(self, grace_s: float | None = None) -> list[int]:
+        """Re-enqueue pending jobs the queue lost (Redis restarted without persistence, or an API
+        process died between its DB commit and the enqueue). Duplicates are harmless."""
+        from datetime import timedelta
+
+        reconcile = getattr(self.queue, "reconcile", None)
+        self._last_sweep = time.monotonic()
+        if reconcile is None:
+            return []
+        grace = self.settings.requeue_grace_s if grace_s is None else grace_s
+        with session_scope(self.sessions) as s:
+            ids = repo.stale_pending_job_ids(s, utcnow() - timedelta(seconds=grace))
+        added = reconcile(ids) if ids else []
+        if getattr(self.queue, "reset", False):
+            self.queue.reset = False
+        if added:
+            self.metrics.requeued.inc(len(added))
+            log.warning("re-enqueued pending jobs missing from the queue", extra={"jobs": added[:50], "n": len(added)})
+        return added
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run_forever, name="smedit-worker", daemon=True)
@@ -166,65 +214,176 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _postgres(self) -> Any:
+        bind = self.sessions.kw.get("bind")
+        return bind if bind is not None and bind.dialect.name == "postgresql" else None
+
     def _become_leader(self) -> bool:
         """On PostgreSQL, hold a session advisory lock so only one worker writes at a time.
 
-        A second worker process waits here as a hot standby; once it gets the lock (the leader
-        died or stopped) it re-syncs the model to the latest version and recovers unfinished jobs.
+        A second worker process waits here as a hot standby (following the committed versions);
+        once it gets the lock (the leader died, stopped or lost its database session) it re-syncs
+        the model to the latest version and takes over unfinished work (:meth:`recover`).
         SQLite needs no lock: one embedded process owns the file.
+        The lock is an optimisation; correctness does not depend on it: every commit is a
+        compare-and-set on the latest version number and on the edits' statuses (``FencedOff``).
         """
-        bind = self.sessions.kw.get("bind")
-        if bind is None or bind.dialect.name != "postgresql":
+        bind = self._postgres()
+        if bind is None:
+            self._take_over()
             return True
         from sqlalchemy import text
 
-        conn = bind.connect()
+        conn = None
         while not self._stop.is_set():
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": WORKER_LOCK_KEY}).scalar()
-            conn.commit()
+            try:
+                if conn is None:
+                    conn = bind.connect()
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": WORKER_LOCK_KEY}).scalar()
+                conn.commit()
+            except Exception as exc:  # noqa: BLE001 - database unreachable: keep trying
+                self.last_error = f"database unavailable: {type(exc).__name__}: {exc}"
+                log.warning("cannot reach the database for the worker lock; retrying", extra={"error": str(exc)})
+                if conn is not None:
+                    try:
+                        conn.invalidate()
+                        conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                conn = None
+                self._stop.wait(1.0)
+                continue
             if got:
                 self._leader_conn = conn
-                if self._waited:
-                    log.info("worker lock acquired: taking over")
-                    self._resync()
-                    self.recover()
+                log.info("worker lock acquired" + (": taking over" if self._waited else ""),
+                         extra={"worker": self.worker_id})
+                try:
+                    self._take_over()
+                except Exception:
+                    self._release_lock()
+                    raise
                 return True
             if not self._waited:
-                log.warning("another worker holds the lock; standing by")
+                log.warning("another worker holds the lock; standing by", extra={"worker": self.worker_id})
             self._waited = True
             try:
                 self._resync(only_if_newer=True)  # a standby still serves current versions
             except Exception:  # noqa: BLE001
                 log.exception("standby re-sync failed")
             self._stop.wait(1.0)
-        conn.close()
+        if conn is not None:
+            conn.close()
         return False
 
+    def _take_over(self) -> None:
+        self._resync()
+        self.recover()
+        self.is_leader = True
+        self.leader_terms += 1
+        self.metrics.worker_leader.set(1)
+        self._lease_checked = time.monotonic()
+
+    def _release_lock(self) -> None:
+        self.is_leader = False
+        self.metrics.worker_leader.set(0)
+        if self._leader_conn is not None:
+            try:
+                self._leader_conn.close()  # releases the advisory lock
+            except Exception:  # noqa: BLE001 - a dead connection has released it already
+                pass
+            self._leader_conn = None
+
+    def _still_leader(self) -> bool:
+        """Verify, every ``leader_check_interval_s``, that the lock's session is alive and holds it."""
+        if self._leader_conn is None:
+            return True  # SQLite: no lock
+        now = time.monotonic()
+        if now - self._lease_checked < self.settings.leader_check_interval_s:
+            return True
+        from sqlalchemy import text
+
+        try:
+            held = self._leader_conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                     "AND objid = :k AND granted"),
+                {"k": WORKER_LOCK_KEY},
+            ).scalar()
+            self._leader_conn.commit()
+        except Exception as exc:  # noqa: BLE001
+            log.error("lost the database session holding the worker lock; stepping down", extra={"error": str(exc)})
+            try:
+                self._leader_conn.invalidate()
+            except Exception:  # noqa: BLE001
+                pass
+            return False
+        self._lease_checked = now
+        if not held:
+            log.error("the worker lock is no longer held; stepping down")
+        return bool(held)
+
     def run_forever(self) -> None:
-        if not self._become_leader():
-            return
-        self.running = True
         try:
             while not self._stop.is_set():
                 try:
-                    self._step()
-                except Exception as exc:  # noqa: BLE001 - e.g. the DB is briefly unreachable: retry
+                    if not self._become_leader():
+                        return
+                except Exception as exc:  # noqa: BLE001 - e.g. Redis down during the take-over: retry
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("worker loop error; retrying")
+                    log.exception("could not take over as the worker; retrying")
+                    self._release_lock()
+                    self._waited = True
+                    self._stop.wait(1.0)
+                    continue
+                self.running = True
+                while not self._stop.is_set():
+                    try:
+                        if not self._still_leader():
+                            break
+                        if getattr(self.queue, "reset", False) or (
+                            time.monotonic() - self._last_sweep >= self.settings.requeue_interval_s
+                        ):
+                            self.sweep()
+                        self._step()
+                    except FencedOff as exc:
+                        log.error("fenced off: another writer committed; re-checking the lock", extra={"error": str(exc)})
+                        break
+                    except Exception as exc:  # noqa: BLE001 - e.g. the DB is briefly unreachable: retry
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                        log.exception("worker loop error; retrying")
+                        self._stop.wait(1.0)
+                self.running = False
+                self._release_lock()
+                if not self._stop.is_set():
+                    self._waited = True
                     self._stop.wait(1.0)
         finally:
             self.running = False
-            if self._leader_conn is not None:
-                self._leader_conn.close()  # releases the advisory lock
-                self._leader_conn = None
+            self._release_lock()
 
     def _step(self) -> None:
-        batch = self.queue.get_batch(self.settings.worker_batch_size, timeout=0.5)
+        """Read a micro-batch: up to ``worker_batch_size`` jobs. After the first, keep gathering
+        only while more keep arriving (at most ``worker_batch_wait_s``), so an idle service adds
+        no wait to an edit's latency while a burst still becomes one batch. One submission's jobs
+        are enqueued atomically (``put_many``) and arrive together."""
+        size = self.settings.worker_batch_size
+        batch = self.queue.get_batch(size, timeout=0.5)
         if not batch:
             return
-        if len(batch) < self.settings.worker_batch_size and self.settings.worker_batch_wait_s > 0:
-            time.sleep(self.settings.worker_batch_wait_s)  # let a burst of submissions join
-            batch += self.queue.get_batch(self.settings.worker_batch_size - len(batch), timeout=0)
+        if len(batch) < size:
+            more = self.queue.get_batch(size - len(batch), timeout=0)  # already there? (no wait)
+            if not more:
+                self.process(batch)  # idle service: no gathering delay at all
+                return
+            batch += more
+        deadline = time.monotonic() + self.settings.worker_batch_wait_s
+        while len(batch) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self.queue.get_batch(size - len(batch), timeout=min(0.01, left))
+            if not more:
+                break
+            batch += more
         self.process(batch)
 
     # ---- dispatch -----------------------------------------------------------------------
@@ -259,6 +418,9 @@ class Worker:
         try:
             self.process_edits(run)
             return
+        except FencedOff:
+            self._resync()
+            raise
         except Exception:  # noqa: BLE001
             log.exception("edit batch failed; retrying its edits one by one", extra={"jobs": run})
             with session_scope(self.sessions) as s:
@@ -279,6 +441,9 @@ class Worker:
         try:
             fn(arg)
             self.last_error = None
+        except FencedOff:
+            self._resync()
+            raise
         except Exception as exc:  # noqa: BLE001
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("job failed", extra={"jobs": arg})
@@ -319,10 +484,10 @@ class Worker:
     # ---- edits ----------------------------------------------------------------------------
     def process_edits(self, job_ids: list[int]) -> None:
         with session_scope(self.sessions) as s:
-            jobs = [repo.get_job(s, i) for i in job_ids]
+            jobs = [repo.lock_job(s, i) for i in job_ids]
             todo: list[tuple[int, int]] = []
             for job in jobs:
-                edit = repo.get_edit(s, job.edit_id) if job.edit_id is not None else None
+                edit = repo.lock_edit(s, job.edit_id) if job.edit_id is not None else None
                 if job.status != "pending" or edit is None or edit.status != "queued":
                     if job.status == "pending":  # edit already decided elsewhere: nothing to do
                         job.status, job.finished_at = "done", utcnow()
@@ -343,7 +508,15 @@ class Worker:
             with session_scope(self.sessions) as s:
                 base_version, active = self._current(s)
             active_deltas = [d for _, d in active]
-            reference = self.engine.canary_answers(self.canaries, self.settings.canary_tokens)
+            if not self.settings.gate_enabled:
+                # no gate: one delta for the whole batch, committed without measuring
+                t0 = time.perf_counter()
+                delta = self.engine.compute([requests[e] for e in edit_ids])
+                compute_s = time.perf_counter() - t0
+                self.metrics.compute_latency.observe(compute_s)
+                self._commit_edits(base_version, active, delta, list(edit_ids), [], {}, {}, compute_s, todo)
+                return
+            reference = self._canary_reference(active)
 
             good = list(edit_ids)
             measures: dict[int, EditMeasure] = {}
@@ -363,6 +536,14 @@ class Worker:
             self._commit_edits(
                 base_version, active, delta if good else None, good, bad, measures, failures, compute_s, todo
             )
+
+    def _canary_reference(self, active: list[tuple[int, Delta]]) -> list[str]:
+        """The canaries' answers on the current state, cached per active delta list (the state
+        they depend on), so consecutive batches don't recompute them."""
+        key = tuple(i for i, _ in active)
+        if self._canary_ref is None or self._canary_ref[0] != key:
+            self._canary_ref = (key, self.engine.canary_answers(self.canaries, self.settings.canary_tokens))
+        return list(self._canary_ref[1])
 
     def _gate_round(
         self,
@@ -458,15 +639,18 @@ class Worker:
                     digest = self.engine.set_state([d for _, d in new_active])
                     version = repo.create_version(
                         s, "edit", [i for i, _ in new_active], digest, created_by="worker",
-                        note=f"applied edits {good}", edit_ids=good,
+                        note=f"applied edits {good}", edit_ids=good, expect_latest=base_version,
                     )
                     new_version = version.number
                 for eid in good + bad:
-                    edit = repo.get_edit(s, eid)
+                    edit = repo.lock_edit(s, eid)
+                    if edit.status != "running":
+                        raise FencedOff(f"edit {eid} is {edit.status}: another writer decided it")
                     m = measures.get(eid)
                     metrics = m.as_dict() if m else {}
                     metrics.update(
                         gate={"passed": eid in good, "failures": failures.get(eid, []),
+                              "enabled": self.settings.gate_enabled,
                               "approved_by_review": edit.approved},
                         batch_size=len(good) + len(bad), compute_s=compute_s,
                     )
@@ -478,7 +662,9 @@ class Worker:
                         edit.status = "needs_review" if review else "rejected"
                         edit.error = "; ".join(failures.get(eid, []))
                 for job_id, _ in todo:
-                    job = repo.get_job(s, job_id)
+                    job = repo.lock_job(s, job_id)
+                    if job.status != "running":
+                        raise FencedOff(f"job {job_id} is {job.status}: another writer decided it")
                     job.status, job.finished_at, job.result_version = "done", now, new_version
         except BaseException:
             self.engine.set_state([d for _, d in active])  # back to the committed state
@@ -512,7 +698,7 @@ class Worker:
         end, so they stay applied in the same new version."""
         with self.engine.exclusive():
             with session_scope(self.sessions) as s:
-                job = repo.get_job(s, job_id)
+                job = repo.lock_job(s, job_id)
                 if job.status != "pending":
                     return
                 edit = repo.get_edit(s, job.edit_id)  # type: ignore[arg-type]
@@ -560,6 +746,7 @@ class Worker:
                     version = repo.create_version(
                         s, "revert", [i for i, _ in new_active], digest, job_id=job_id,
                         created_by=requested_by, note=note, edit_ids=[edit_id] + other_ids,
+                        expect_latest=base_version,
                     )
                     e = repo.get_edit(s, edit_id)
                     e.status, e.reverted_version = "reverted", version.number
@@ -567,7 +754,9 @@ class Worker:
                         o = repo.get_edit(s, oid)
                         o.delta_id, o.applied_version = new_active[-1][0], version.number
                         o.metrics = {**(o.metrics or {}), "after_recompute": m.as_dict()}
-                    job = repo.get_job(s, job_id)
+                    job = repo.lock_job(s, job_id)
+                    if job.status != "running":
+                        raise FencedOff(f"job {job_id} is {job.status}: another writer decided it")
                     job.status, job.finished_at, job.result_version = "done", utcnow(), version.number
                     number = version.number
             except BaseException:
@@ -581,11 +770,11 @@ class Worker:
         """New version whose active set equals version n's: same deltas, same order, same bits."""
         with self.engine.exclusive():
             with session_scope(self.sessions) as s:
-                job = repo.get_job(s, job_id)
+                job = repo.lock_job(s, job_id)
                 if job.status != "pending":
                     return
                 target = repo.get_version(s, job.target_version)  # type: ignore[arg-type]
-                _, active = self._current(s)
+                base_version, active = self._current(s)
                 wanted = self.cache.get_many(s, target.active_deltas)
                 target_hash, target_number, requested_by = target.weights_hash, target.number, job.requested_by
                 job.status, job.started_at = "running", utcnow()
@@ -599,6 +788,7 @@ class Worker:
                         note += f" (WARNING: weights hash {digest[:12]} differs from {target_hash[:12]})"
                     version = repo.create_version(
                         s, "restore", wanted_ids, digest, job_id=job_id, created_by=requested_by, note=note,
+                        expect_latest=base_version,
                     )
                     changed: list[int] = []
                     for e in s.query(Edit).filter(Edit.status == "applied"):
@@ -611,7 +801,9 @@ class Worker:
                             e.applied_version = version.number
                             changed.append(e.id)
                     version.edit_ids = sorted(changed)
-                    job = repo.get_job(s, job_id)
+                    job = repo.lock_job(s, job_id)
+                    if job.status != "running":
+                        raise FencedOff(f"job {job_id} is {job.status}: another writer decided it")
                     job.status, job.finished_at, job.result_version = "done", utcnow(), version.number
                     number = version.number
             except BaseException:

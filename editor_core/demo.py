@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from editor_core.pretrain import PretrainConfig, answer_accuracy, pretrain_lm
+from editor_core.pretrain import PretrainConfig, answer_hits, pretrain_lm
 from editor_core.world import WORLD_FORMAT_VERSION, World, generate_world
 
 DEMO_VERSION = "1"  # bump when a change in world/pretrain code should invalidate built demos
@@ -177,20 +177,39 @@ def build_demo(
 
 
 def measure_knowledge(model, tokenizer, world: World) -> dict:
-    """Answer exact match per phrasing role; ``anchor_other_entities`` is the generalisation test."""
+    """Answer exact match per phrasing role; ``anchor_other_entities`` is the generalisation test.
+
+    ``anchor_eval_split`` equals the anchor phrasing on entities that never saw it in the eval
+    split (eval entities are never anchors).
+    """
+    hits: dict[str, dict[str, list[bool]]] = {}
+    for role in ("seen", "anchor", "unseen"):
+        per_entity: dict[str, list[bool]] = {}
+        for entity in world.entities:
+            per_entity[entity] = []
+        pairs = [(e, pair) for e in world.entities for pair in world.qa_pairs(role, [e])]
+        for (entity, _), hit in zip(pairs, answer_hits(model, tokenizer, [p for _, p in pairs])):
+            per_entity[entity].append(hit)
+        hits[role] = per_entity
+
+    def acc(role: str, entities) -> float:
+        values = [h for e in entities for h in hits[role][e]]
+        return sum(values) / len(values) if values else float("nan")
+
     others = [e for e in world.entities if not world.is_anchor(e)]
     return {
-        "seen": answer_accuracy(model, tokenizer, world.qa_pairs("seen")),
-        "anchor_anchor_entities": answer_accuracy(model, tokenizer, world.qa_pairs("anchor", world.anchor_entities)),
-        "anchor_other_entities": answer_accuracy(model, tokenizer, world.qa_pairs("anchor", others)),
-        "unseen": answer_accuracy(model, tokenizer, world.qa_pairs("unseen")),
-        "seen_eval_split": answer_accuracy(model, tokenizer, world.qa_pairs("seen", world.splits["eval"])),
-        "anchor_eval_split": answer_accuracy(model, tokenizer, world.qa_pairs("anchor", world.splits["eval"])),
+        "seen": acc("seen", world.entities),
+        "anchor_anchor_entities": acc("anchor", world.anchor_entities),
+        "anchor_other_entities": acc("anchor", others),
+        "unseen": acc("unseen", world.entities),
+        "seen_eval_split": acc("seen", world.splits["eval"]),
+        "anchor_eval_split": acc("anchor", world.splits["eval"]),
     }
 
 
 def _full_build(paths: DemoPaths, key: dict, spec: DemoSize, seed: int, progress: bool,
                 train_editor: bool) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
@@ -201,7 +220,12 @@ def _full_build(paths: DemoPaths, key: dict, spec: DemoSize, seed: int, progress
                             eval_pairs=world.qa_pairs("seen"))
     model = AutoModelForCausalLM.from_pretrained(paths.model_dir, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(paths.model_dir, local_files_only=True)
-    knowledge = measure_knowledge(model, tokenizer, world)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pre_stats.get("threads") or threads)  # what training found fastest
+    try:
+        knowledge = measure_knowledge(model, tokenizer, world)
+    finally:
+        torch.set_num_threads(threads)
     del model
     stats = {
         "size": key["size"],
@@ -256,8 +280,8 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
                                                  seed=seed)),
     ):
         started = time.perf_counter()
+        # Not cleared first: meta_train resumes from a run of the same base model cut short.
         tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         model, tokenizer = load_model(paths.model_dir)  # fresh each time: training must not leak
         meta_train(model, tokenizer, train, val, config, tmp, progress=progress)
         shutil.rmtree(target, ignore_errors=True)

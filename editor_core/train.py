@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editor_core.arch import get_module, is_in_out
 from editor_core.editor import EditorConfig, SMEditor, StepRecord
-from editor_core.solve import shift_dense, solve_shift
+from editor_core.solve import shift_dense
 from editor_core.tokens import PairBatch, pair_batch, target_nll
 from editor_core.types import EditRequest
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from smedit.commands import client_cmds, core
+from smedit.commands import client_cmds, cluster, core
 from smedit.commands.demo import demo_app
 from smedit.commands.export import export_app
-from smedit.commands.serve import serve
+from smedit.commands.serve import serve, worker
 
 app = typer.Typer(
     help="smedit: edit what a language model knows, keep a history, undo any change.",
@@ -23,6 +23,8 @@ app.add_typer(export_app, name="export")
 
 # The service and its client verbs.
 app.command("serve")(serve)
+app.command("worker")(worker)
+app.add_typer(cluster.cluster_app, name="cluster")
 for _name in ("edit", "bulk", "history", "revert", "restore", "generate", "probe"):
     app.command(_name)(getattr(client_cmds, _name))
 

@@ -13,6 +13,25 @@ def services(request: Request) -> Services:
     return request.app.state.services
 
 
+def require_queue(svc: Services) -> None:
+    """Before persisting a job: 503 (with the reason) when the queue cannot take it now, so a
+    client never gets an error for a job that was in fact stored (and then retries it twice)."""
+    svc.queue.check()
+
+
+def enqueue(svc: Services, job_ids: list[int]) -> None:
+    """After the jobs' rows are committed. If the queue fails right now, the jobs are stored all
+    the same and the worker's re-enqueue sweep picks them up from the database: still 202."""
+    import logging
+
+    try:
+        svc.queue.put_many(job_ids)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("app.api").warning(
+            "enqueue failed after commit; the worker's sweep will re-enqueue", extra={"jobs": job_ids, "error": str(exc)}
+        )
+
+
 def model_engine(request: Request):  # noqa: ANN201 - app.engine.Engine, imported lazily
     svc = services(request)
     if svc.engine is None:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
-from app.api.deps import edit_out, job_out, services
+from app.api.deps import edit_out, enqueue, job_out, require_queue, services
 from app.auth import Principal, require
 from app.db import session_scope
 from app.schemas import EditOut, EditSubmission, JobAccepted, JobOut, Page, ReviewIn, SubmitOut, check_submission
@@ -44,6 +44,7 @@ def submit_edits(
         repo.NewEdit(e.prompt, e.target, list(e.paraphrases), [p.model_dump() for p in e.locality]) for e in body.edits
     ]
     author = body.author or principal.name
+    require_queue(svc)
     for attempt in range(2):
         if key is not None:
             with session_scope(svc.sessions) as s:
@@ -68,8 +69,7 @@ def submit_edits(
             # A concurrent request with the same key won the race: answer with its edits.
     for _ in edit_ids:
         svc.metrics.edits.labels("queued").inc()
-    for job_id in job_ids:
-        svc.queue.put(job_id)  # after commit: the worker never sees a job that isn't stored
+    enqueue(svc, job_ids)  # after commit: the worker never sees a job that isn't stored
     return _submit_out(request, edit_ids, duplicate=False)
 
 
@@ -104,6 +104,7 @@ def get_edit(edit_id: int, request: Request, _: Principal = Depends(require("rea
 def revert_edit(edit_id: int, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a revert: a new version without this edit (see docs/api.md for batch semantics)."""
     svc = services(request)
+    require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
             edit = repo.get_edit(s, edit_id)
@@ -113,7 +114,7 @@ def revert_edit(edit_id: int, request: Request, principal: Principal = Depends(r
             raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, only applied edits can be reverted")
         job = repo.create_job(s, "revert", principal.name, edit_id=edit_id)
         job_id = job.id
-    svc.queue.put(job_id)
+    enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
 
 
@@ -123,6 +124,7 @@ def approve_edit(
 ) -> JobAccepted:
     """Review mode: apply an edit the gate held back (recomputed on the current model, gate waived)."""
     svc = services(request)
+    require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
             edit = repo.get_edit(s, edit_id)
@@ -134,7 +136,7 @@ def approve_edit(
         job = repo.create_job(s, "edit", principal.name, edit_id=edit_id)
         job_id = job.id
     svc.metrics.edits.labels("queued").inc()
-    svc.queue.put(job_id)
+    enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
 
 

@@ -20,17 +20,52 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Ready)
 def readyz(request: Request) -> JSONResponse:
-    """200 only when the model is loaded, the latest version replayed and the worker running."""
+    """200 only when the model is loaded, the latest version replayed, the worker running (worker
+    roles) and the database reachable; also reports the live version, the lag behind the latest
+    committed version, and the state of the database and queue."""
+    from sqlalchemy import func, select
+
+    from app.errors import dependency_of
+    from app.models import Version
+
     svc = services(request)
     live = svc.engine.live_version if svc.engine is not None else None
+    latest: int | None = None
+    database = "ok"
+    try:
+        with svc.sessions() as s:
+            latest = s.scalar(select(func.max(Version.number)))
+    except Exception as exc:  # noqa: BLE001
+        if dependency_of(exc) is None:
+            raise
+        database = f"unavailable: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    queue = "ok"
+    try:
+        svc.queue.check()
+    except Exception as exc:  # noqa: BLE001
+        queue = str(exc)[:300] or type(exc).__name__
+    lag = (latest - live) if latest is not None and live is not None else None
+    if lag is not None:
+        svc.metrics.version_lag.set(max(lag, 0))
+    worker = svc.worker
+    ready_flag = (
+        svc.model_loaded and svc.version_replayed and svc.worker_running and svc.startup_error is None
+        and database == "ok" and (queue == "ok" or not svc.runs_worker)
+    )
     ready = Ready(
-        ready=svc.model_loaded and svc.version_replayed and svc.worker_running and svc.startup_error is None,
+        ready=ready_flag,
         model_loaded=svc.model_loaded,
         version_replayed=svc.version_replayed,
         worker_running=svc.worker_running,
         live_version=live,
-        detail=svc.startup_error,
+        detail=svc.startup_error or (None if database == "ok" else f"database {database}"),
         phase=svc.phase,
+        role=svc.role,
+        latest_version=latest,
+        lag=lag,
+        worker_leader=(bool(worker.is_leader) if worker is not None else None),
+        database=database,
+        queue=queue,
     )
     return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
 

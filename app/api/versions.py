@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from app import repository as repo
-from app.api.deps import services, version_out
+from app.api.deps import enqueue, require_queue, services, version_out
 from app.auth import Principal, require
 from app.db import session_scope
 from app.schemas import JobAccepted, Page, VersionOut
@@ -53,6 +53,7 @@ def get_version(number: int, request: Request, _: Principal = Depends(require("r
 def restore_version(number: int, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a restore: a new version with exactly version ``number``'s active deltas (same bits)."""
     svc = services(request)
+    require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
             repo.get_version(s, number)
@@ -60,5 +61,5 @@ def restore_version(number: int, request: Request, principal: Principal = Depend
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         job = repo.create_job(s, "restore", principal.name, target_version=number)
         job_id = job.id
-    svc.queue.put(job_id)
+    enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))

@@ -1,4 +1,9 @@
-"""``smedit serve``: run the editing service (API + worker in one process: embedded mode).
+"""``smedit serve`` and ``smedit worker``: run the service in a role.
+
+- ``serve --role all|api|worker``: ``all`` is embedded mode (API + worker in one process, the
+  default), ``api`` an API replica that follows the version log (no worker), ``worker`` the editing
+  worker alone with only ``/healthz``, ``/readyz`` and ``/metrics`` over HTTP.
+- ``worker``: shorthand for ``serve --role worker`` (port 8001 unless ``--port`` / ``SMEDIT_PORT``).
 
 Settings come from the environment (``SMEDIT_*``) or ``.env``; options given here override them.
 With no model configured, the demo model is built (or reused) under the data directory.
@@ -6,47 +11,66 @@ With no model configured, the demo model is built (or reused) under the data dir
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 
-def serve(
-    host: Optional[str] = typer.Option(None, "--host", help="Bind address (env SMEDIT_HOST, default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (env SMEDIT_PORT, default 8000)."),
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="SQLite file, demo model, generated files (env SMEDIT_DATA_DIR, default ./data)."
-    ),
-    model_dir: Optional[Path] = typer.Option(
-        None, "--model-dir", help="Hugging Face base model directory (env SMEDIT_MODEL_DIR; none = demo model)."
-    ),
-    editor_dir: Optional[Path] = typer.Option(
-        None, "--editor-dir", help="SMEdit editor checkpoint (env SMEDIT_EDITOR_DIR)."
-    ),
-    database_url: Optional[str] = typer.Option(
-        None, "--database-url", help="SQLAlchemy URL (env SMEDIT_DATABASE_URL; none = SQLite in the data dir)."
-    ),
-    worker: Optional[bool] = typer.Option(
-        None, "--worker/--no-worker", help="Run the editing worker in this process (env SMEDIT_RUN_WORKER)."
-    ),
-) -> None:
-    """Start the HTTP service: /v1 API, worker, /healthz, /readyz, /metrics."""
+def _run(role: Optional[str], overrides: dict[str, Any]) -> None:
     import uvicorn
 
     from app.main import create_app
     from app.settings import Settings
 
-    overrides = {
-        k: v
-        for k, v in dict(
-            host=host, port=port, data_dir=data_dir, model_dir=model_dir, editor_dir=editor_dir,
-            database_url=database_url, run_worker=worker,
-        ).items()
-        if v is not None
-    }
-    settings = Settings(**overrides)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if role is not None:
+        values["role"] = role
+        if role == "api":
+            values["run_worker"] = False
+    settings = Settings(**values)
     app = create_app(settings)
-    typer.echo(f"smedit: serving on http://{settings.host}:{settings.port} (data dir {settings.data_dir})")
+    what = {"all": "API + worker", "api": "API replica", "worker": "worker (health + metrics only)"}
+    typer.echo(f"smedit: {what[settings.effective_role()]} on http://{settings.host}:{settings.port}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False)
+
+
+def serve(
+    role: Optional[str] = typer.Option(
+        None, "--role", help="all (API + worker, embedded default), api (replica, follows versions) or worker "
+        "(env SMEDIT_ROLE).",
+    ),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (env SMEDIT_HOST, default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (env SMEDIT_PORT, default 8000)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (env SMEDIT_DATA_DIR)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Base model dir (env SMEDIT_MODEL_DIR)."),
+    editor_dir: Optional[Path] = typer.Option(None, "--editor-dir", help="Editor checkpoint (env SMEDIT_EDITOR_DIR)."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL (env SMEDIT_DATABASE_URL)."),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL (env SMEDIT_REDIS_URL)."),
+    worker: Optional[bool] = typer.Option(
+        None, "--worker/--no-worker", help="Older spelling: --no-worker = --role api (env SMEDIT_RUN_WORKER)."
+    ),
+) -> None:
+    """Start the HTTP service in a role: /v1 API (+ worker), /healthz, /readyz, /metrics."""
+    if role is not None and role not in ("all", "api", "worker"):
+        raise typer.BadParameter("--role must be all, api or worker")
+    _run(role, dict(host=host, port=port, data_dir=data_dir, model_dir=model_dir, editor_dir=editor_dir,
+                    database_url=database_url, redis_url=redis_url, run_worker=worker))
+
+
+def worker(
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address of /healthz, /readyz, /metrics."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port of /healthz, /readyz, /metrics (default 8001)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (env SMEDIT_DATA_DIR)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Base model dir (env SMEDIT_MODEL_DIR)."),
+    editor_dir: Optional[Path] = typer.Option(None, "--editor-dir", help="Editor checkpoint (env SMEDIT_EDITOR_DIR)."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL (env SMEDIT_DATABASE_URL)."),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL (env SMEDIT_REDIS_URL)."),
+) -> None:
+    """The editing worker alone (one per database: a second one stands by on the lock)."""
+    if port is None and "SMEDIT_PORT" not in os.environ:
+        port = 8001
+    _run("worker", dict(host=host, port=port, data_dir=data_dir, model_dir=model_dir, editor_dir=editor_dir,
+                        database_url=database_url, redis_url=redis_url))

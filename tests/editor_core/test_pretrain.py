@@ -117,6 +117,43 @@ def test_force_and_changed_inputs_rebuild(micro, tmp_path):
     assert sorted(p.name for p in paths.root.parent.iterdir()) == [".tiny.lock", "tiny"]
 
 
+def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
+    """train_editor=True on a demo built without editors trains only the editors (fake trainer)."""
+    import sys
+    import types
+
+    calls = []
+
+    class TrainConfig:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    def meta_train(model, tokenizer, train_requests, val_requests, config, out_dir, progress=True):
+        assert train_requests and val_requests
+        train_entities = {r.meta["entity"] for r in train_requests}
+        assert not train_entities & {r.meta["entity"] for r in val_requests}
+        assert all(r.meta["split"] == "train" for r in train_requests + val_requests)
+        calls.append(config.kwargs)
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "editor.safetensors").write_text("fake")
+
+    fake = types.ModuleType("editor_core.train")
+    fake.TrainConfig, fake.meta_train = TrainConfig, meta_train
+    monkeypatch.setitem(sys.modules, "editor_core.train", fake)
+
+    paths = build_demo(tmp_path, size="tiny", progress=False, train_editor=False)
+    model_before = _mtimes(paths.model_dir)
+    assert not paths.has_editors and not calls
+    build_demo(tmp_path, size="tiny", progress=False, train_editor=True)
+    assert paths.has_editors and (paths.editor_dir / "editor.safetensors").is_file()
+    assert [(c["n_steps"], c["reg"]) for c in calls] == [(2, "l2"), (1, "kl")]
+    assert _mtimes(paths.model_dir) == model_before
+    assert json.loads(paths.stamp_json.read_text())["editors"] is True
+    assert "editors" in json.loads(paths.stats_json.read_text())
+    build_demo(tmp_path, size="tiny", progress=False, train_editor=True)  # cached now
+    assert len(calls) == 2
+
+
 def test_failed_build_leaves_nothing_that_looks_complete(micro, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")

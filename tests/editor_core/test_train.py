@@ -8,7 +8,7 @@ import torch
 from editor_core.arch import get_module
 from editor_core.editor import SMEditor
 from editor_core.solve import shift_dense, solve_shift
-from editor_core.tokens import pair_batch, target_nll
+from editor_core.tokens import target_nll
 from editor_core.train import TrainConfig, _generalisation_batch, meta_train, train_step
 from editor_core.types import EditRequest, LocalityProbe
 from tests.editor_core.conftest import build_tiny
