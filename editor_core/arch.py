@@ -42,6 +42,23 @@ def model_family(model: nn.Module) -> str:
 
 def default_modules(model: nn.Module) -> list[str]:
     """The modules edited by default: MLP output projections of the last layers."""
+    n_layers = layer_count(model)
+    return last_layer_modules(model, max(1, min(MAX_DEFAULT_LAYERS, n_layers // 2)))
+
+
+def layer_count(model: nn.Module) -> int:
+    """How many transformer blocks the model has."""
+    return int(getattr(model.config, _family_entry(model)[1]))
+
+
+def last_layer_modules(model: nn.Module, n: int) -> list[str]:
+    """The MLP output projections of the last ``n`` layers (all of them when ``n`` is larger)."""
+    template = _family_entry(model)[0]
+    n_layers = layer_count(model)
+    return [template.format(i) for i in range(max(0, n_layers - n), n_layers)]
+
+
+def _family_entry(model: nn.Module) -> tuple[str, str]:
     family = model_family(model)
     if family not in _FAMILIES:
         known = ", ".join(sorted(_FAMILIES))
@@ -49,10 +66,7 @@ def default_modules(model: nn.Module) -> list[str]:
             f"no default edit modules for model family {family!r} (known: {known}); "
             "name the modules to edit explicitly"
         )
-    template, count_attr = _FAMILIES[family]
-    n_layers = int(getattr(model.config, count_attr))
-    n_edit = max(1, min(MAX_DEFAULT_LAYERS, n_layers // 2))
-    return [template.format(i) for i in range(n_layers - n_edit, n_layers)]
+    return _FAMILIES[family]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

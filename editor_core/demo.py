@@ -38,10 +38,13 @@ class DemoSize:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     val_fraction: float = 0.1  # share of train entities held out as editor validation edits
     editor_steps: int = 200  # meta-training steps per editor
+    # Layers whose MLP output the demo editors edit; None: the library default (the upper half).
+    # A 2-layer model edited in its last layer alone reaches 38% greedy edit success, in both 90%.
+    edit_layers: int | None = None
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
-    "tiny": DemoSize(n_products=40, pretrain=PretrainConfig.preset("tiny"), editor_steps=60),
+    "tiny": DemoSize(n_products=40, pretrain=PretrainConfig.preset("tiny"), editor_steps=60, edit_layers=2),
     "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small")),
 }
 
@@ -94,6 +97,11 @@ def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
         "pretrain": asdict(spec.pretrain),
         "val_fraction": spec.val_fraction,
     }
+
+
+def _editor_key(spec: DemoSize) -> dict:
+    """What the demo editors were trained with: other settings retrain them, not the model."""
+    return {"steps": spec.editor_steps, "edit_layers": spec.edit_layers}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -154,7 +162,7 @@ def build_demo(
 
         stamp = None if force else _read_json(paths.stamp_json)
         if stamp is not None and stamp.get("key") == key and paths.model_dir.is_dir():
-            if stamp.get("editors") or not train_editor:
+            if stamp.get("editors") == _editor_key(spec) or not train_editor:
                 return paths
             _add_editors(paths, spec, seed, progress)
             return paths
@@ -240,7 +248,8 @@ def _full_build(paths: DemoPaths, key: dict, spec: DemoSize, seed: int, progress
         stats["editors"] = _train_editors(paths, world, spec, seed, progress)
         stats["build_seconds"] = round(time.perf_counter() - started, 1)
         _write_json_atomic(paths.stats_json, stats)
-    _write_json_atomic(paths.stamp_json, {"key": key, "editors": train_editor, "built_at": time.time()})
+    _write_json_atomic(paths.stamp_json, {"key": key, "editors": _editor_key(spec) if train_editor else None,
+                                          "built_at": time.time()})
 
 
 def _add_editors(paths: DemoPaths, spec: DemoSize, seed: int, progress: bool) -> None:
@@ -251,8 +260,12 @@ def _add_editors(paths: DemoPaths, spec: DemoSize, seed: int, progress: bool) ->
     stats["editors"] = editors
     _write_json_atomic(paths.stats_json, stats)
     stamp = _read_json(paths.stamp_json) or {}
-    stamp["editors"] = True
+    stamp["editors"] = _editor_key(spec)
     _write_json_atomic(paths.stamp_json, stamp)
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    return (_read_json(run_dir / "editor.json") or {}).get("train_config")
 
 
 def editor_requests(world: World, spec: DemoSize, seed: int):
@@ -273,15 +286,21 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
 
     train, val = editor_requests(world, spec, seed)
     out: dict = {"train_requests": len(train), "val_requests": len(val)}
+    modules = None
+    if spec.edit_layers is not None:
+        from editor_core.arch import last_layer_modules
+
+        modules = last_layer_modules(load_model(paths.model_dir)[0], spec.edit_layers)
+    common = dict(max_steps=spec.editor_steps, seed=seed, modules=modules)
     for name, target, config in (
-        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, max_steps=spec.editor_steps,
-                                                 seed=seed)),
-        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, max_steps=spec.editor_steps,
-                                                 seed=seed)),
+        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, **common)),
+        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **common)),
     ):
         started = time.perf_counter()
-        # Not cleared first: meta_train resumes from a run of the same base model cut short.
+        # Not cleared first: meta_train resumes a run of the same settings cut short.
         tmp = target.with_name(f".{target.name}.tmp")
+        if (tmp / "editor.json").is_file() and _saved_config(tmp) != asdict(config):
+            shutil.rmtree(tmp)
         model, tokenizer = load_model(paths.model_dir)  # fresh each time: training must not leak
         meta_train(model, tokenizer, train, val, config, tmp, progress=progress)
         shutil.rmtree(target, ignore_errors=True)

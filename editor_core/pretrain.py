@@ -73,7 +73,7 @@ PRESETS: dict[str, PretrainConfig] = {
     "tiny": PretrainConfig(n_layer=2, n_embd=64, n_head=2, n_positions=64, vocab_size=1000,
                            max_steps=1500, lr=5e-3, batch_size=32, eval_every=100,
                            warmup_steps=50, prompt_loss_weight=0.1, target_accuracy=0.98,
-                           max_seconds=180),
+                           max_seconds=900),
     "small": PretrainConfig(n_layer=4, n_embd=128, n_head=4, n_positions=64, vocab_size=3000,
                             max_steps=4000, lr=3e-3, batch_size=64, eval_every=250,
                             prompt_loss_weight=0.1, target_accuracy=0.999, max_seconds=3600),

@@ -301,6 +301,19 @@ def quick_validate(editor: SMEditor, requests: Sequence[EditRequest], batch_size
 
 
 # ---- the loop ------------------------------------------------------------------------------
+def _check_resumable(out: Path, config: TrainConfig) -> None:
+    """Refuse to continue a run made with other settings (``max_steps`` may grow)."""
+    saved = json.loads((out / "editor.json").read_text()).get("train_config") or {}
+    wanted = asdict(config)
+    differ = sorted(k for k in wanted if k != "max_steps" and k in saved and saved[k] != wanted[k])
+    if differ:
+        details = ", ".join(f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in differ)
+        raise ValueError(
+            f"{out} holds a training run with other settings ({details}); "
+            "use another output directory, or delete it to start over"
+        )
+
+
 def _save_checkpoint(editor: SMEditor, optimizer: torch.optim.Optimizer, out_dir: Path, step: int,
                      cfg: TrainConfig, history: list[dict], rng: random.Random) -> None:
     extra = {"train_config": asdict(cfg), "train_step": step, "history": history}
@@ -338,6 +351,7 @@ def meta_train(
     start, history = 0, []
     state_path = out / "trainer_state.pt"
     if resume and state_path.is_file() and (out / "editor.json").is_file():
+        _check_resumable(out, config)
         editor = SMEditor.load(out, model, tokenizer)
         optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
         state = torch.load(state_path, weights_only=False)

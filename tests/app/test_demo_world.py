@@ -33,7 +33,7 @@ def _settings(demo, data_dir: Path):
 
 
 def _generate(c, prompt: str, min_version: int = 0) -> str:
-    r = c.post("/v1/generate", json={"prompt": prompt, "max_tokens": 4, "temperature": 0, "min_version": min_version})
+    r = c.post("/v1/generate", json={"prompt": prompt, "max_tokens": 10, "temperature": 0, "min_version": min_version})
     assert r.status_code == 200, r.text
     return r.json()["text"]
 
@@ -64,7 +64,11 @@ def test_demo_edits_change_answers_and_restore_brings_them_back(tiny_demo, tmp_p
                    for r in requests]
         assert all(a > b for a, b in zip(after_p, before_p)), (before_p, after_p)
         successes = sum(a.strip().startswith(r.target) for a, r in zip(after, requests))
-        assert successes >= 4, list(zip(after, [r.target for r in requests]))
+        assert successes >= 5, list(zip(after, [r.target for r in requests]))
+        # ... and its paraphrases (the tiny editor gets 90% of them; half is the bar here)
+        para = [(p, r.target) for r in requests for p in r.paraphrases]
+        para_hits = sum(_generate(c, p, version).strip().startswith(t) for p, t in para)
+        assert para_hits >= len(para) // 2, (para_hits, len(para))
 
         job = c.post("/v1/versions/0/restore")
         assert job.status_code in (200, 202), job.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editor_core.arch import default_modules, get_module, weight_in_out
+from editor_core.arch import default_modules, get_module, last_layer_modules, weight_in_out
 from editor_core.capture import capture_batch
 from editor_core.delta import Delta
 from editor_core.editor import CheckpointMismatchError, EditorConfig, SMEditor
@@ -60,6 +60,9 @@ def test_default_modules_are_last_mlp_outputs(tokenizer):
     assert default_modules(build_tiny("gpt2", len(tokenizer))) == ["transformer.h.2.mlp.c_proj", "transformer.h.3.mlp.c_proj"]
     assert default_modules(build_tiny("llama", len(tokenizer)))[-1] == "model.layers.3.mlp.down_proj"
     assert default_modules(build_tiny("gptj", len(tokenizer)))[0] == "transformer.h.2.mlp.fc_out"
+    llama = build_tiny("llama", len(tokenizer))
+    assert last_layer_modules(llama, 1) == ["model.layers.3.mlp.down_proj"]
+    assert len(last_layer_modules(llama, 99)) == 4  # every layer, no more
 
 
 def test_explicit_modules_and_bad_module_name(tokenizer):

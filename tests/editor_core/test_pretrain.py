@@ -101,7 +101,7 @@ def micro(monkeypatch):
 def test_force_and_changed_inputs_rebuild(micro, tmp_path):
     paths = build_demo(tmp_path, size="tiny", seed=0, progress=False, train_editor=False)
     stamp = json.loads(paths.stamp_json.read_text())
-    assert stamp["key"]["seed"] == 0 and stamp["editors"] is False
+    assert stamp["key"]["seed"] == 0 and stamp["editors"] is None
     assert build_demo(tmp_path, size="tiny", seed=0, progress=False, train_editor=False) == paths
     assert json.loads(paths.stamp_json.read_text()) == stamp  # cached
 
@@ -148,10 +148,17 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     assert paths.has_editors and (paths.editor_dir / "editor.safetensors").is_file()
     assert [(c["n_steps"], c["reg"]) for c in calls] == [(2, "l2"), (1, "kl")]
     assert _mtimes(paths.model_dir) == model_before
-    assert json.loads(paths.stamp_json.read_text())["editors"] is True
+    assert json.loads(paths.stamp_json.read_text())["editors"] == {"steps": 200, "edit_layers": None}
     assert "editors" in json.loads(paths.stats_json.read_text())
     build_demo(tmp_path, size="tiny", progress=False, train_editor=True)  # cached now
     assert len(calls) == 2
+
+    # other editor settings retrain the editors (edit_layers names the modules), not the model
+    spec = demo_mod.DEMO_SIZES["tiny"]
+    monkeypatch.setitem(demo_mod.DEMO_SIZES, "tiny", replace(spec, edit_layers=2))
+    build_demo(tmp_path, size="tiny", progress=False, train_editor=True)
+    assert len(calls) == 4 and _mtimes(paths.model_dir) == model_before
+    assert calls[-1]["modules"] == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
 
 
 def test_failed_build_leaves_nothing_that_looks_complete(micro, tmp_path, monkeypatch):

@@ -106,6 +106,10 @@ def test_meta_train_is_seeded_and_resumable(tokenizer, tmp_path):
     loaded = SMEditor.load(tmp_path / "full", model, tokenizer)
     assert loaded.editor_id == full.editor_id
 
+    other = TrainConfig(**{**cfg.__dict__, "reg_coef": 0.5})
+    with pytest.raises(ValueError, match="other settings.*reg_coef"):
+        meta_train(model, tokenizer, requests, REQUESTS, other, tmp_path / "full", progress=False)
+
 
 def test_train_config_rejects_unknown_regulariser():
     with pytest.raises(ValueError, match="reg must be"):
