@@ -193,12 +193,19 @@ class Engine:
         with self.lock:
             return self.editor.edit(list(requests))
 
-    def canary_answers(self, prompts: Sequence[str], max_tokens: int) -> list[str]:
-        """Greedy answers of the canaries on the current weights (the gate's reference)."""
+    def canary_answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
+        """Greedy answer ids of the canaries on the current weights (the gate's reference)."""
         if not prompts:
             return []
         with self.lock:
-            return ec_metrics.greedy_answers(self.model, self.tokenizer, list(prompts), max_tokens)
+            return ec_metrics.greedy_token_ids(self.model, self.tokenizer, list(prompts), max_tokens)
+
+    def canaries_kept(self, prompts: Sequence[str], reference: Sequence[Sequence[int]]) -> list[bool]:
+        """Per canary, whether greedy decoding on the current weights still gives ``reference``."""
+        if not prompts:
+            return []
+        with self.lock:
+            return ec_metrics.greedy_keeps(self.model, self.tokenizer, list(prompts), list(reference))
 
     def measure(
         self,
@@ -206,14 +213,18 @@ class Engine:
         candidate: Sequence[Delta],
         restore: Sequence[Delta],
         canaries: Sequence[str] = (),
-        canary_reference: Sequence[str] = (),
-        canary_tokens: int = 4,
+        canary_reference: Sequence[Sequence[int]] = (),
     ) -> list[EditMeasure]:
         """Score each request on the weights ``base + candidate``, then go back to ``base + restore``.
 
         Both states are rebuilt by ``WeightState`` from the fp32 masters, so measuring leaves the
         live weights bit-identical. The canary fraction is a property of the whole candidate
         state, so every request of the batch gets the same value.
+
+        Everything is teacher-forced, one forward pass per group: "greedy decoding gives the
+        target" (``es_gen``/``gs_gen``) holds exactly when every target token is the argmax given
+        the tokens before it, and a canary keeps its answer exactly when its reference answer ids
+        (end-of-text included) stay the argmax at every position. No decoding loop runs here.
         """
         requests = list(requests)
         with self.lock:
@@ -223,22 +234,22 @@ class Engine:
                 loc_refs.append(ec_metrics.locality_reference(self.model, self.tokenizer, probes) if probes else None)
             self.state.set_active(list(candidate))
             try:
-                scores = ec_metrics.score_requests(self.model, self.tokenizer, requests)
+                scores = ec_metrics.score_requests(self.model, self.tokenizer, requests, generation=False)
                 locality = [
                     _mean(ec_metrics.locality_scores(self.model, self.tokenizer, list(r.locality), ref)) if ref else None
                     for r, ref in zip(requests, loc_refs)
                 ]
                 changed: list[str] = []
                 if canaries:
-                    after = ec_metrics.greedy_answers(self.model, self.tokenizer, list(canaries), canary_tokens)
-                    changed = [p for p, a, b in zip(canaries, after, canary_reference) if a.strip() != b.strip()]
+                    kept = ec_metrics.greedy_keeps(self.model, self.tokenizer, list(canaries), list(canary_reference))
+                    changed = [p for p, k in zip(canaries, kept) if not k]
             finally:
                 self.state.set_active(list(restore))
         frac = len(changed) / len(canaries) if canaries else None
         return [
             EditMeasure(
-                es=s.es, es_exact=s.es_exact, es_first=s.es_first, es_gen=s.es_gen,
-                gs=s.gs, gs_exact=s.gs_exact, gs_gen=s.gs_gen, locality=loc,
+                es=s.es, es_exact=s.es_exact, es_first=s.es_first, es_gen=s.es_exact,
+                gs=s.gs, gs_exact=s.gs_exact, gs_gen=s.gs_exact, locality=loc,
                 canary_changed=frac, canary_total=len(canaries), changed_canaries=changed[:10],
             )
             for s, loc in zip(scores, locality)

@@ -151,7 +151,7 @@ class Worker:
         self.leader_terms = 0  # how many times this worker became the writer
         self._lease_checked = 0.0
         self._last_sweep = 0.0
-        self._canary_ref: tuple[tuple[int, ...], list[str]] | None = None
+        self._canary_ref: tuple[tuple[int, ...], list[list[int]]] | None = None
         import os
         import socket
 
@@ -537,12 +537,22 @@ class Worker:
                 base_version, active, delta if good else None, good, bad, measures, failures, compute_s, todo
             )
 
-    def _canary_reference(self, active: list[tuple[int, Delta]]) -> list[str]:
+    def _canary_reference(self, active: list[tuple[int, Delta]]) -> list[list[int]]:
         """The canaries' answers on the current state, cached per active delta list (the state
-        they depend on), so consecutive batches don't recompute them."""
+        they depend on). When the state moved on, one teacher-forced pass finds the canaries
+        whose answer it kept; only the others are decoded again."""
         key = tuple(i for i, _ in active)
-        if self._canary_ref is None or self._canary_ref[0] != key:
+        if self._canary_ref is None:
             self._canary_ref = (key, self.engine.canary_answers(self.canaries, self.settings.canary_tokens))
+        elif self._canary_ref[0] != key:
+            reference = list(self._canary_ref[1])
+            kept = self.engine.canaries_kept(self.canaries, reference)
+            redo = [i for i, k in enumerate(kept) if not k]
+            if redo:
+                fresh = self.engine.canary_answers([self.canaries[i] for i in redo], self.settings.canary_tokens)
+                for i, ids in zip(redo, fresh):
+                    reference[i] = ids
+            self._canary_ref = (key, reference)
         return list(self._canary_ref[1])
 
     def _gate_round(
@@ -551,7 +561,7 @@ class Worker:
         requests: dict[int, EditRequest],
         approved: set[int],
         active: list[Delta],
-        reference: list[str],
+        reference: list[list[int]],
     ) -> tuple[Delta, float, list[int], dict[int, EditMeasure], dict[int, list[str]]]:
         """Compute one delta for ``candidates``, measure each, split into passing/failing."""
         t0 = time.perf_counter()
@@ -560,7 +570,7 @@ class Worker:
         compute_s = time.perf_counter() - t0
         self.metrics.compute_latency.observe(compute_s)
         measured = self.engine.measure(
-            reqs, active + [delta], active, self.canaries, reference, self.settings.canary_tokens
+            reqs, active + [delta], active, self.canaries, reference
         )
         measures = dict(zip(candidates, measured))
         failures: dict[int, list[str]] = {}
@@ -581,8 +591,7 @@ class Worker:
                 for eid in remaining:
                     alone = self.engine.compute([requests[eid]])
                     m = self.engine.measure(
-                        [requests[eid]], active + [alone], active, self.canaries, reference,
-                        self.settings.canary_tokens,
+                        [requests[eid]], active + [alone], active, self.canaries, reference
                     )[0]
                     measures[eid].canary_changed = m.canary_changed
                     measures[eid].changed_canaries = m.changed_canaries

@@ -72,7 +72,6 @@ def teacher_forced(
     return out
 
 
-@torch.no_grad()
 def greedy_answers(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -81,11 +80,29 @@ def greedy_answers(
     batch_size: int = 64,
 ) -> list[str]:
     """Greedy continuations (decoded text, special tokens dropped) of each prompt."""
+    eos_id = tokenizer.eos_token_id
+    answers = []
+    for tokens in greedy_token_ids(model, tokenizer, prompts, max_new_tokens, batch_size):
+        if eos_id is not None and eos_id in tokens:
+            tokens = tokens[: tokens.index(eos_id)]
+        answers.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return answers
+
+
+@torch.no_grad()
+def greedy_token_ids(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int | Sequence[int] = 8,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """Greedy continuation ids of each prompt, cut just after the first end-of-text token."""
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = _device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id
-    answers: list[str] = []
+    out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         encoded = [tokenizer(p)["input_ids"] for p in chunk]
@@ -103,9 +120,44 @@ def greedy_answers(
         for b in range(len(chunk)):
             tokens = generated[b, : limits[start + b]].tolist()
             if eos_id is not None and eos_id in tokens:
-                tokens = tokens[: tokens.index(eos_id)]
-            answers.append(tokenizer.decode(tokens, skip_special_tokens=True))
-    return answers
+                tokens = tokens[: tokens.index(eos_id) + 1]
+            out.append(tokens)
+    return out
+
+
+@torch.no_grad()
+def greedy_keeps(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> list[bool]:
+    """Whether greedy decoding from each prompt would still produce its continuation ids.
+
+    Greedy decoding reproduces a sequence exactly when, fed that sequence, the model's argmax at
+    every position is the next token; so one teacher-forced forward pass answers what
+    ``len(continuation)`` decoding steps would (the service's gate checks canaries this way).
+    """
+    device = _device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kept: list[bool] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = []
+        for prompt, cont in zip(prompts[start : start + batch_size], continuations[start : start + batch_size]):
+            prompt_ids = tokenizer(prompt)["input_ids"]
+            rows.append((prompt_ids + list(cont), len(prompt_ids), len(cont)))
+        width = max(len(r[0]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, (row, _, _) in enumerate(rows):
+            ids[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = 1
+        argmax = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
+        for b, (_, n_prompt, n_cont) in enumerate(rows):
+            predicted = argmax[b, n_prompt - 1 : n_prompt - 1 + n_cont]
+            kept.append(bool((predicted == ids[b, n_prompt : n_prompt + n_cont]).all()))
+    return kept
 
 
 def _greedy_loop(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos_id: int | None) -> torch.Tensor:

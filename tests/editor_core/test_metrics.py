@@ -11,6 +11,8 @@ from editor_core.evaluate import evaluate_editing
 from editor_core.metrics import (
     generation_success,
     greedy_answers,
+    greedy_keeps,
+    greedy_token_ids,
     locality_reference,
     locality_scores,
     score_requests,
@@ -29,6 +31,30 @@ def test_greedy_answers_match_transformers_generate(tokenizer):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
         assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == answer
+
+
+def test_greedy_keeps_answers_what_decoding_again_would(tokenizer):
+    """The gate's one-pass canary check equals decoding again, before and after a weight change."""
+    torch.manual_seed(0)
+    model = build_tiny("gpt2", len(tokenizer))
+    prompts = PROMPTS * 3
+    reference = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=4)
+    assert all(1 <= len(r) <= 4 for r in reference)
+    assert greedy_keeps(model, tokenizer, prompts, reference) == [True] * len(prompts)
+    verdicts = []
+    for scale in (1e-3, 0.3, 3.0):
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in model.parameters()]
+            for p in model.parameters():
+                p.add_(scale * torch.randn_like(p))
+        again = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=4)
+        kept = greedy_keeps(model, tokenizer, prompts, reference)
+        assert kept == [a == r for a, r in zip(again, reference)]
+        verdicts += kept
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), saved):
+                p.copy_(v)
+    assert True in verdicts and False in verdicts  # both outcomes were exercised
 
 
 def test_generation_and_teacher_forcing_agree_on_the_models_own_answer(tokenizer):

@@ -1,0 +1,229 @@
+"""Embedded-mode service benchmark: what the service adds on top of the editor, on the demo world.
+
+The real server (uvicorn in a thread of this process, SQLite, in-process queue, the demo model and
+its SMEdit editor) driven over HTTP, against the library on the same requests:
+
+1. **Edit latency**: ``POST /v1/edits`` (one fact) until it is ``applied``, against
+   ``editor.edit`` alone on the same request. With the quality gate on (the default: ES, GS,
+   locality and canaries measured before commit) and off (``gate_enabled=false``).
+   Goal (issue 4): <= 1.15x.
+2. **Micro-batching**: ``--burst`` single-fact submissions (separate POSTs) queued at once and
+   drained by the worker in micro-batches, against the same number submitted one at a time
+   (each waits for the previous to be applied). Goal: >= 10x throughput.
+3. **Edited inference**: ``POST /v1/generate`` latency on the live model after the burst (hundreds
+   of edits merged into the weights) against the base model (version 0). Goal: <= 1.02x.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.serving [--size small|tiny] [--quick]
+
+Prints a table and writes ``bench/results/serving_<size>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import print_table, write_result
+
+ADMIN_KEY = "bench-serving-admin-key-0123456789"
+TERMINAL = ("applied", "rejected", "failed", "needs_review", "reverted")
+
+
+class Server:
+    """uvicorn serving ``create_app(settings)`` in a daemon thread on a free port."""
+
+    def __init__(self, settings: Any) -> None:
+        import socket
+
+        import uvicorn
+
+        from app.main import create_app
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if not self.thread.is_alive():
+                raise RuntimeError("server exited during start-up")
+            time.sleep(0.1)
+        raise RuntimeError("server not ready after 600 s")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def settings_for(paths: Any, data_dir: Path, canaries: list[str], gate: bool) -> Any:
+    from app.settings import Settings
+
+    return Settings(_env_file=None, data_dir=data_dir, model_dir=paths.model_dir, editor_dir=paths.editor_dir,
+                    device="cpu", admin_key=ADMIN_KEY, canary_prompts=canaries, gate_enabled=gate,
+                    log_level="WARNING")
+
+
+def as_json(r: Any) -> dict[str, Any]:
+    return {"prompt": r.prompt, "target": r.target, "paraphrases": list(r.paraphrases)}
+
+
+def wait_terminal(c: httpx.Client, edit_id: int, poll: float = 0.005) -> dict[str, Any]:
+    while True:
+        body = c.get(f"/v1/edits/{edit_id}").json()
+        if body["status"] in TERMINAL:
+            return body
+        time.sleep(poll)
+
+
+def submit_and_wait(c: httpx.Client, request: Any) -> tuple[float, dict[str, Any]]:
+    t0 = time.perf_counter()
+    r = c.post("/v1/edits", json={"edits": [as_json(request)], "author": "bench"})
+    r.raise_for_status()
+    body = wait_terminal(c, r.json()["edit_ids"][0])
+    return time.perf_counter() - t0, body
+
+
+def editor_alone(paths: Any, requests: list[Any]) -> list[float]:
+    """``editor.edit`` on each request, on the same model and editor the server loads."""
+    from editor_core.editor import SMEditor
+    from editor_core.models import load_model
+
+    model, tok = load_model(paths.model_dir, device="cpu")
+    editor = SMEditor.load(paths.editor_dir, model, tok)
+    editor.edit([requests[0]])  # warm-up
+    times = []
+    for r in requests:
+        t0 = time.perf_counter()
+        editor.edit([r])
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def generate_latency(c: httpx.Client, prompts: list[str], min_version: int = 0) -> list[float]:
+    times = []
+    for p in prompts:
+        t0 = time.perf_counter()
+        r = c.post("/v1/generate", json={"prompt": p, "max_tokens": 8, "temperature": 0, "min_version": min_version})
+        r.raise_for_status()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=Path("data"))
+    ap.add_argument("--size", default="small", choices=["tiny", "small"])
+    ap.add_argument("--edits", type=int, default=20, help="single edits timed one by one (latency)")
+    ap.add_argument("--burst", type=int, default=256, help="single-fact submissions queued at once")
+    ap.add_argument("--generate", type=int, default=40, help="generate calls per inference measurement")
+    ap.add_argument("--quick", action="store_true", help="tiny demo, 10 edits, burst 64, 20 generate calls")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.edits, args.burst, args.generate = "tiny", 10, 64, 20
+
+    from editor_core.demo import build_demo
+
+    paths = build_demo(args.data_dir, size=args.size, progress=True)
+    world = paths.load_world()
+    canaries = [p.prompt for p in world.canary_prompts(16)]
+    pool = [r for seed in range(8) for r in world.edit_requests("train", seed=seed)]
+    if len(pool) < args.edits + 2 * args.burst:
+        raise SystemExit(f"the {args.size} world has {len(pool)} train edits; need {args.edits + 2 * args.burst}")
+    latency_reqs = pool[: args.edits]
+    serial_reqs = pool[args.edits : args.edits + args.burst]
+    burst_reqs = pool[args.edits + args.burst : args.edits + 2 * args.burst]
+    prompts = [p.prompt for p in world.canary_prompts(args.generate)]
+    out: dict[str, Any] = {"size": args.size, "edits": args.edits, "burst": args.burst}
+    started = time.perf_counter()
+
+    alone = editor_alone(paths, latency_reqs)
+    out["editor_edit_s"] = statistics.median(alone)
+    print(f"editor.edit alone: median {out['editor_edit_s'] * 1e3:.1f} ms over {len(alone)} requests")
+
+    for gate in (True, False):
+        with tempfile.TemporaryDirectory(prefix="smedit-serving-") as tmp:
+            srv = Server(settings_for(paths, Path(tmp), canaries, gate))
+            try:
+                with srv.client() as c:
+                    submit_and_wait(c, latency_reqs[0])  # warm-up
+                    walls, bodies = zip(*(submit_and_wait(c, r) for r in latency_reqs))
+                    key = "gate_on" if gate else "gate_off"
+                    out[key] = {
+                        "post_to_terminal_s": statistics.median(walls),
+                        "server_run_s": statistics.median(b["timings"]["run_s"] or 0.0 for b in bodies),
+                        "server_total_s": statistics.median(b["timings"]["total_s"] or 0.0 for b in bodies),
+                        "statuses": {s: sum(b["status"] == s for b in bodies) for s in {b["status"] for b in bodies}},
+                    }
+                    out[key]["ratio"] = out[key]["post_to_terminal_s"] / out["editor_edit_s"]
+                    print(f"{key}: POST->terminal median {out[key]['post_to_terminal_s'] * 1e3:.1f} ms "
+                          f"({out[key]['ratio']:.2f}x editor.edit)")
+                    if not gate:
+                        continue
+                    base = generate_latency(c, prompts)
+                    # one at a time, then the same number queued at once
+                    t0 = time.perf_counter()
+                    for r in serial_reqs:
+                        submit_and_wait(c, r)
+                    serial_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    ids = []
+                    for r in burst_reqs:
+                        resp = c.post("/v1/edits", json={"edits": [as_json(r)], "author": "bench"})
+                        resp.raise_for_status()
+                        ids += resp.json()["edit_ids"]
+                    finals = [wait_terminal(c, i, poll=0.05) for i in ids]
+                    burst_s = time.perf_counter() - t0
+                    versions = {b["applied_version"] for b in finals if b.get("applied_version") is not None}
+                    out["micro_batching"] = {
+                        "one_at_a_time_s": serial_s, "queued_at_once_s": burst_s, "speedup": serial_s / burst_s,
+                        "versions_for_burst": len(versions),
+                        "burst_statuses": {s: sum(b["status"] == s for b in finals) for s in {b["status"] for b in finals}},
+                    }
+                    print(f"micro-batching: {args.burst} edits one at a time {serial_s:.1f} s, queued at once "
+                          f"{burst_s:.1f} s ({serial_s / burst_s:.1f}x, {len(versions)} versions)")
+                    live = c.get("/v1/model").json()["live_version"]
+                    edited = generate_latency(c, prompts, live)
+                    base2 = generate_latency(c, prompts)  # noise check: the same model, measured again
+                    out["inference"] = {
+                        "base_s": statistics.median(base), "edited_s": statistics.median(edited),
+                        "edited_again_s": statistics.median(base2), "live_version": live,
+                        "ratio": statistics.median(edited) / statistics.median(base),
+                    }
+                    print(f"generate: base {out['inference']['base_s'] * 1e3:.1f} ms, edited (v{live}) "
+                          f"{out['inference']['edited_s'] * 1e3:.1f} ms ({out['inference']['ratio']:.3f}x)")
+            finally:
+                srv.stop()
+
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    mb, inf = out["micro_batching"], out["inference"]
+    print_table(f"service overhead, embedded mode, demo '{args.size}'", ["measure", "value", "goal"], [
+        ["editor.edit alone (median)", f"{out['editor_edit_s'] * 1e3:.1f} ms", ""],
+        ["POST->applied, gate on", f"{out['gate_on']['ratio']:.2f}x", "<= 1.15x"],
+        ["POST->applied, gate off", f"{out['gate_off']['ratio']:.2f}x", "<= 1.15x"],
+        [f"{args.burst} singles queued vs one at a time", f"{mb['speedup']:.1f}x", ">= 10x"],
+        ["generate on edited vs base", f"{inf['ratio']:.3f}x", "<= 1.02x"],
+    ])
+    print(f"wrote {write_result(f'serving_{args.size}', out)}")
+
+
+if __name__ == "__main__":
+    main()
