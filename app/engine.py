@@ -110,6 +110,7 @@ class Engine:
         self.state = WeightState(self.model, self.module_names)
         self.lock = threading.RLock()
         self._version_cond = threading.Condition()
+        self._progress = 0  # bumped after every job batch the local worker finishes
         self.live_version: int | None = None
         self.live_hash: str = self.state.weights_hash()
         self.base_hash: str = self.live_hash
@@ -187,6 +188,22 @@ class Engine:
                 self._version_cond.wait(left)
             return True
 
+    def progress(self) -> int:
+        """A counter the local worker bumps after each batch of jobs (see ``wait_progress``)."""
+        return self._progress
+
+    def notify_progress(self) -> None:
+        with self._version_cond:
+            self._progress += 1
+            self._version_cond.notify_all()
+
+    def wait_progress(self, seen: int, timeout: float) -> None:
+        """Block until the worker finished another batch since ``seen`` or a version went live, or
+        ``timeout`` passes. Callers re-check what they wait for; waking early is harmless."""
+        with self._version_cond:
+            if self._progress == seen:
+                self._version_cond.wait(timeout)
+
     # ---- editing ----------------------------------------------------------------------------
     def compute(self, requests: Sequence[EditRequest]) -> Delta:
         """The delta writing ``requests`` into the model as it is now (one batch, S steps)."""
@@ -228,17 +245,19 @@ class Engine:
         """
         requests = list(requests)
         with self.lock:
-            loc_refs = []
-            for r in requests:
-                probes = list(r.locality)
-                loc_refs.append(ec_metrics.locality_reference(self.model, self.tokenizer, probes) if probes else None)
+            # every request's locality probes in one batch, split back by request afterwards
+            probes = [p for r in requests for p in r.locality]
+            loc_ref = ec_metrics.locality_reference(self.model, self.tokenizer, probes) if probes else None
             self.state.set_active(list(candidate))
             try:
                 scores = ec_metrics.score_requests(self.model, self.tokenizer, requests, generation=False)
-                locality = [
-                    _mean(ec_metrics.locality_scores(self.model, self.tokenizer, list(r.locality), ref)) if ref else None
-                    for r, ref in zip(requests, loc_refs)
-                ]
+                per_probe = ec_metrics.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
+                locality: list[float | None] = []
+                cursor = 0
+                for r in requests:
+                    k = len(r.locality)
+                    locality.append(_mean(per_probe[cursor : cursor + k]) if k else None)
+                    cursor += k
                 changed: list[str] = []
                 if canaries:
                     kept = ec_metrics.greedy_keeps(self.model, self.tokenizer, list(canaries), list(canary_reference))

@@ -409,6 +409,7 @@ class Worker:
         if run:
             self._edit_run(run)
         self.queue.ack(batch)
+        self.engine.notify_progress()  # wakes GET /v1/edits/{id}?wait_s=... in this process
 
     def _edit_run(self, run: list[int]) -> None:
         """One batch; if it fails as a whole, each job alone, so one bad edit can't sink the rest."""
@@ -516,26 +517,39 @@ class Worker:
                 self.metrics.compute_latency.observe(compute_s)
                 self._commit_edits(base_version, active, delta, list(edit_ids), [], {}, {}, compute_s, todo)
                 return
-            reference = self._canary_reference(active)
-
-            good = list(edit_ids)
-            measures: dict[int, EditMeasure] = {}
-            failures: dict[int, list[str]] = {}
-            delta, compute_s, good, measures, failures = self._gate_round(
-                good, requests, approved, active_deltas, reference
-            )
-            if failures and good:
-                # Some edits failed: the delta must not carry them. Recompute from the good ones
-                # and measure again; these are the numbers stored for the committed edits.
-                delta, compute_s2, _, measures2, _ = self._gate_round(
-                    good, requests, set(good), active_deltas, reference
+            # A batch whose canary change is over the bar is split in halves, gated one after the
+            # other (each half on top of what the previous one committed), down to single edits:
+            # an edit is rejected for its canaries only if it fails them alone, as it would have
+            # had it come in alone, whatever batch the queue happened to put it in.
+            groups, first = [list(edit_ids)], True
+            while groups:
+                group = groups.pop(0)
+                if not first:  # an earlier part of this batch may have committed a version
+                    with session_scope(self.sessions) as s:
+                        base_version, active = self._current(s)
+                    active_deltas = [d for _, d in active]
+                first = False
+                reference = self._canary_reference(active)
+                delta, compute_s, good, measures, failures, split = self._gate_round(
+                    group, requests, approved, active_deltas, reference
                 )
-                compute_s += compute_s2
-                measures.update(measures2)
-            bad = [eid for eid in edit_ids if eid not in good]
-            self._commit_edits(
-                base_version, active, delta if good else None, good, bad, measures, failures, compute_s, todo
-            )
+                if split:
+                    half = len(group) // 2
+                    groups[:0] = [group[:half], group[half:]]
+                    continue
+                if failures and good:
+                    # Some edits failed: the delta must not carry them. Recompute from the good
+                    # ones and measure again; these are the numbers stored for the committed edits.
+                    delta, compute_s2, _, measures2, _, _ = self._gate_round(
+                        good, requests, set(good), active_deltas, reference
+                    )
+                    compute_s += compute_s2
+                    measures.update(measures2)
+                bad = [eid for eid in group if eid not in good]
+                self._commit_edits(
+                    base_version, active, delta if good else None, good, bad, measures, failures, compute_s,
+                    [(job_id, eid) for job_id, eid in todo if eid in group],
+                )
 
     def _canary_reference(self, active: list[tuple[int, Delta]]) -> list[list[int]]:
         """The canaries' answers on the current state, cached per active delta list (the state
@@ -562,8 +576,11 @@ class Worker:
         approved: set[int],
         active: list[Delta],
         reference: list[list[int]],
-    ) -> tuple[Delta, float, list[int], dict[int, EditMeasure], dict[int, list[str]]]:
-        """Compute one delta for ``candidates``, measure each, split into passing/failing."""
+    ) -> tuple[Delta, float, list[int], dict[int, EditMeasure], dict[int, list[str]], bool]:
+        """Compute one delta for ``candidates``, measure each, split into passing/failing.
+
+        The last value says the batch failed the canary bar as a whole (more than one edit that
+        could be at fault): the caller splits it instead of committing anything."""
         t0 = time.perf_counter()
         reqs = [requests[e] for e in candidates]
         delta = self.engine.compute(reqs)
@@ -580,29 +597,13 @@ class Worker:
                 failures[eid] = fails
         batch_canary = self._check(measured[0], canary=True) if measured else []
         if batch_canary:
-            remaining = [e for e in candidates if e not in failures and e not in approved]
-            if len(candidates) == 1:
-                if candidates[0] not in approved:
-                    failures.setdefault(candidates[0], []).extend(batch_canary)
-            else:
-                # The canary change belongs to the whole batch: find who causes it by measuring
-                # each remaining edit alone. If nobody does alone, the combination does: all fail.
-                blamed = []
-                for eid in remaining:
-                    alone = self.engine.compute([requests[eid]])
-                    m = self.engine.measure(
-                        [requests[eid]], active + [alone], active, self.canaries, reference
-                    )[0]
-                    measures[eid].canary_changed = m.canary_changed
-                    measures[eid].changed_canaries = m.changed_canaries
-                    if self._check(m, canary=True):
-                        blamed.append(eid)
-                for eid in blamed or remaining:
-                    failures.setdefault(eid, []).extend(
-                        batch_canary if blamed else ["canary (combined with its batch)"]
-                    )
+            suspects = [e for e in candidates if e not in failures and e not in approved]
+            if len(candidates) > 1 and suspects:
+                return delta, compute_s, [], measures, failures, True
+            for eid in suspects:
+                failures.setdefault(eid, []).extend(batch_canary)
         good = [e for e in candidates if e not in failures]
-        return delta, compute_s, good, measures, failures
+        return delta, compute_s, good, measures, failures, False
 
     def _check(self, m: EditMeasure, canary: bool) -> list[str]:
         st = self.settings

@@ -245,6 +245,10 @@ FactLike = Fact | Mapping[str, Any]
 
 
 # ---- requests (shared by both clients) ----------------------------------------------------
+# Seconds one ``GET /v1/edits/{id}?wait_s=...`` may block: below the clients' HTTP timeout.
+LONG_POLL_S = 10.0
+
+
 @dataclass
 class _Req:
     method: str
@@ -347,20 +351,27 @@ class Client(_Base):
         sub = self.submit_edit(prompt, target, paraphrases, locality, author, reason, idempotency_key)
         return self.wait_for_edit(sub.edit_ids[0], timeout)
 
-    def get_edit(self, edit_id: int) -> Edit:
-        return Edit.model_validate(self._send(_Req("GET", f"/v1/edits/{edit_id}")))
+    def get_edit(self, edit_id: int, wait_s: float = 0.0) -> Edit:
+        """One edit; with ``wait_s`` the server answers once it is decided (long poll, <= 30 s)."""
+        params = {"wait_s": wait_s} if wait_s > 0 else None
+        return Edit.model_validate(self._send(_Req("GET", f"/v1/edits/{edit_id}", params=params)))
 
     def wait_for_edit(self, edit_id: int, timeout: float = 300.0, poll_s: float = 0.1) -> Edit:
-        """Poll until the edit leaves ``queued``/``running``; :class:`WaitTimeout` after ``timeout`` s."""
+        """Wait until the edit leaves ``queued``/``running`` (long polls of at most ``LONG_POLL_S``);
+        :class:`WaitTimeout` after ``timeout`` s."""
         deadline, delay = time.monotonic() + timeout, poll_s
         while True:
-            edit = self.get_edit(edit_id)
+            left = max(deadline - time.monotonic(), 0.0)
+            asked = min(LONG_POLL_S, left)
+            started = time.monotonic()
+            edit = self.get_edit(edit_id, wait_s=asked)
             if edit.done:
                 return edit
             if time.monotonic() >= deadline:
                 raise WaitTimeout(f"edit {edit_id} still {edit.status} after {timeout:g} s", edit)
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-            delay = min(delay * 1.5, 2.0)
+            if time.monotonic() - started < 0.5 * asked:  # a server without long polling: back off
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+                delay = min(delay * 1.5, 2.0)
 
     def wait_for_edits(self, edit_ids: Iterable[int], timeout: float = 300.0) -> list[Edit]:
         deadline = time.monotonic() + timeout
@@ -497,22 +508,29 @@ class AsyncClient(_Base):
         sub = await self.submit_edit(prompt, target, paraphrases, locality, author, reason, idempotency_key)
         return await self.wait_for_edit(sub.edit_ids[0], timeout)
 
-    async def get_edit(self, edit_id: int) -> Edit:
-        return Edit.model_validate(await self._send(_Req("GET", f"/v1/edits/{edit_id}")))
+    async def get_edit(self, edit_id: int, wait_s: float = 0.0) -> Edit:
+        params = {"wait_s": wait_s} if wait_s > 0 else None
+        return Edit.model_validate(await self._send(_Req("GET", f"/v1/edits/{edit_id}", params=params)))
 
     async def wait_for_edit(self, edit_id: int, timeout: float = 300.0, poll_s: float = 0.1) -> Edit:
         deadline, delay = time.monotonic() + timeout, poll_s
         while True:
-            edit = await self.get_edit(edit_id)
+            left = max(deadline - time.monotonic(), 0.0)
+            asked = min(LONG_POLL_S, left)
+            started = time.monotonic()
+            edit = await self.get_edit(edit_id, wait_s=asked)
             if edit.done:
                 return edit
             if time.monotonic() >= deadline:
                 raise WaitTimeout(f"edit {edit_id} still {edit.status} after {timeout:g} s", edit)
-            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-            delay = min(delay * 1.5, 2.0)
+            if time.monotonic() - started < 0.5 * asked:  # a server without long polling: back off
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+                delay = min(delay * 1.5, 2.0)
 
     async def wait_for_edits(self, edit_ids: Iterable[int], timeout: float = 300.0) -> list[Edit]:
-        return list(await asyncio.gather(*(self.wait_for_edit(i, timeout) for i in edit_ids)))
+        # one after the other: each long poll holds a server worker thread while it waits
+        deadline = time.monotonic() + timeout
+        return [await self.wait_for_edit(i, max(deadline - time.monotonic(), 0.0)) for i in edit_ids]
 
     async def list_edits(self, status: str | None = None, author: str | None = None, since: datetime | None = None,
                          until: datetime | None = None, q: str | None = None, limit: int = 50,

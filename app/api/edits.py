@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -92,12 +93,31 @@ def list_edits(
 
 
 @router.get("/edits/{edit_id}", response_model=EditOut, name="get_edit")
-def get_edit(edit_id: int, request: Request, _: Principal = Depends(require("read"))) -> EditOut:
-    with session_scope(services(request).sessions) as s:
-        try:
-            return edit_out(repo.get_edit(s, edit_id))
-        except repo.NotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+def get_edit(
+    edit_id: int,
+    request: Request,
+    _: Principal = Depends(require("read")),
+    wait_s: float = Query(0.0, ge=0.0, le=30.0, description="long poll: answer as soon as the edit leaves "
+                          "queued/running, or after this many seconds"),
+) -> EditOut:
+    svc = services(request)
+    deadline = time.monotonic() + wait_s
+    while True:
+        seen = svc.engine.progress() if svc.engine is not None else 0
+        with session_scope(svc.sessions) as s:
+            try:
+                out = edit_out(repo.get_edit(s, edit_id))
+            except repo.NotFound as exc:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        left = deadline - time.monotonic()
+        if out.status not in ("queued", "running") or left <= 0:
+            return out
+        # woken by the local worker or a new live version; elsewhere (a replica whose edit was
+        # rejected, so no version came) the database is read again every 0.25 s
+        if svc.engine is not None:
+            svc.engine.wait_progress(seen, min(0.25, left))
+        else:
+            time.sleep(min(0.25, left))
 
 
 @router.post("/edits/{edit_id}/revert", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)

@@ -79,3 +79,33 @@ def test_demo_edits_change_answers_and_restore_brings_them_back(tiny_demo, tmp_p
         assert [_generate(c, r.prompt, restored["live_version"]) for r in requests] == before
     finally:
         srv.stop()
+
+
+def test_canary_failure_of_a_batch_is_split_until_the_culprit_is_alone(tiny_demo, tmp_path: Path) -> None:
+    """The only canary is the first edit's own prompt and no change is tolerated. The batch fails
+    the canary bar, so its halves are gated one after the other down to single edits: an edit is
+    rejected for the canary only when it changes it alone, and the others are applied."""
+    world = tiny_demo.load_world()
+    requests = world.edit_requests("eval", seed=1)[:6]
+    settings = replace_settings(_settings(tiny_demo, tmp_path / "data"), gate_max_canary_change=0.0,
+                                canary_prompts=[requests[0].prompt])
+    srv = start_server(settings)
+    try:
+        c = srv.client()
+        ids = c.post("/v1/edits", json={"edits": [{"prompt": r.prompt, "target": r.target} for r in requests]}).json()["edit_ids"]
+        edits = [wait_edit(c, i, timeout=120) for i in ids]
+        assert edits[0]["status"] == "rejected", edits[0]  # it rewrites the canary's own answer
+        for e in edits:
+            canary_failed = any(f.startswith("canary") for f in e["metrics"]["gate"]["failures"])
+            if canary_failed:
+                assert e["metrics"]["batch_size"] == 1 and e["metrics"]["canary_changed"] == 1.0, e
+            if e["status"] == "applied":
+                assert e["metrics"]["canary_changed"] == 0.0, e
+        assert sum(e["status"] == "applied" for e in edits) >= 3, [e["status"] for e in edits]
+        assert c.get("/v1/versions").json()["total"] >= 2  # the halves committed their own versions
+    finally:
+        srv.stop()
+
+
+def replace_settings(settings, **changes):
+    return settings.model_copy(update=changes)

@@ -145,6 +145,20 @@ def test_min_version_conflict_and_timeout(server: RunningServer) -> None:
     assert sub.status_code == 202
     r = c.post("/v1/probe", json={"prompt": "The sky is", "target": "green", "min_version": 1, "wait_s": 0.3})
     assert r.status_code == 504 and "not live" in r.json()["detail"]
+    # a long poll on an edit nobody will process answers "queued" when its wait is over
+    pending = c.get(f"/v1/edits/{sub.json()['edit_ids'][0]}", params={"wait_s": 0.3})
+    assert pending.status_code == 200 and pending.json()["status"] == "queued"
+    assert c.get(f"/v1/edits/{sub.json()['edit_ids'][0]}", params={"wait_s": 31}).status_code == 422
+
+
+def test_long_poll_answers_once_the_edit_is_decided(server: RunningServer) -> None:
+    c = server.client()
+    ids = []
+    for target in ("blue", "grey", "red"):
+        ids += c.post("/v1/edits", json={"prompt": "The sky is", "target": target}).json()["edit_ids"]
+    for edit_id in ids:  # one call each: the server holds it until the worker decided the edit
+        body = c.get(f"/v1/edits/{edit_id}", params={"wait_s": 30}).json()
+        assert body["status"] not in ("queued", "running"), body
 
 
 def test_request_id_and_health(server: RunningServer) -> None:

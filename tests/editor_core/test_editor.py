@@ -187,6 +187,41 @@ def test_weight_state_rebuilds_any_active_set_bit_exactly(tokenizer, dtype):
     assert _same_bits(model, before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_state_cached_sums_give_the_bits_of_a_fresh_rebuild(tokenizer, dtype):
+    """The gate's moves (try active+[new], back to active, commit) through the cached running
+    sums end in the same bits as a state rebuilt from the masters with no cache."""
+    import random
+
+    model = build_tiny("gpt2", len(tokenizer), dtype)
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, init_lr=1.0))
+    pool = [editor.edit([r]) for r in REQUESTS] + [editor.edit(REQUESTS[:2])]
+    cached = WeightState(model, editor.module_names)
+    rng = random.Random(0)
+    active: list = []
+    hits = 0
+    for _ in range(12):
+        new = rng.choice(pool)
+        cached.set_active(active + [new])  # the candidate
+        cached.set_active(active)  # back
+        if rng.random() < 0.7:
+            active = active + [new]  # commit
+        elif active:
+            active = active[: rng.randrange(len(active))]  # a restore
+        hits += cached._longest_cached_prefix(active)[0] > 0
+        cached.set_active(active)
+        got = cached.weights_hash()
+        fresh = WeightState.__new__(WeightState)
+        fresh.__dict__.update(cached.__dict__)
+        fresh._sums, fresh.cached_states = [], 0
+        fresh.set_active(list(active))
+        assert fresh.weights_hash() == got
+        cached.set_active(list(active))
+    assert hits > 3  # the cache was actually used
+    cached.set_active([])
+    assert cached.weights_hash() == WeightState(model, editor.module_names).weights_hash()
+
+
 def test_edit_is_deterministic_and_does_not_change_the_editor(tokenizer):
     model = build_tiny("gpt2", len(tokenizer))
     editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8))
