@@ -15,6 +15,18 @@ import torch
 RESULTS = Path(os.environ.get("SMEDIT_BENCH_RESULTS", "bench/results"))
 
 
+def results_dir() -> Path:
+    """Where results go, read at call time (``SMEDIT_BENCH_RESULTS``, default ``bench/results``)."""
+    return Path(os.environ.get("SMEDIT_BENCH_RESULTS", str(RESULTS)))
+
+
+def resolve_size(args) -> str:
+    """``--size`` left unset means ``tiny`` with ``--quick`` and ``small`` otherwise."""
+    if getattr(args, "size", None) is None:
+        args.size = "tiny" if getattr(args, "quick", False) else "small"
+    return args.size
+
+
 def demo_world_model(data_dir: Path, size: str, seed: int = 0, train_editor: bool = False):
     """The demo world's base model (built and cached if absent), its tokenizer and world."""
     from editor_core.demo import build_demo
@@ -57,11 +69,100 @@ def environment() -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     payload = {"environment": environment(), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def write_with_plots(name: str, payload: dict, plot: Callable[[dict, Path], list[Path]] | None) -> tuple[Path, list[Path]]:
+    """Write the JSON first, then PNG plots next to it (``<name>_*.png``).
+
+    A plotting failure (matplotlib missing, a broken figure) is reported and swallowed: the JSON
+    is already on disk, and the numbers matter more than the pictures.
+    """
+    path = write_result(name, payload)
+    print(f"wrote {path}")
+    pngs: list[Path] = []
+    if plot is not None:
+        try:
+            pngs = plot(payload, path.with_suffix(""))
+        except Exception as exc:  # noqa: BLE001 - never lose a finished run to a plot
+            print(f"warning: plots for {name} not written ({type(exc).__name__}: {exc}); the JSON is complete")
+        for png in pngs:
+            print(f"wrote {png}")
+    return path, pngs
+
+
+def _cpu_memory_meter() -> tuple[str, Callable[[], int]]:
+    """Bytes in use now: glibc's malloc in-use bytes (``mallinfo2``) where available, else the RSS.
+
+    The malloc count also sees allocations that reuse freed memory, which the RSS does not.
+    """
+    import ctypes
+
+    try:
+        class _MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+        mallinfo2.restype = _MallInfo2
+
+        def in_use() -> int:
+            info = mallinfo2()
+            return int(info.uordblks + info.hblkhd)
+
+        in_use()
+        return "malloc_in_use", in_use
+    except (OSError, AttributeError):
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def rss() -> int:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * page
+
+        return "rss", rss
+
+
+def peak_memory_during(fn: Callable[[], object], interval_s: float = 0.001) -> tuple[object, float]:
+    """Run ``fn`` once; return its result and the peak memory it added, in bytes.
+
+    CUDA: the allocator's peak above what was allocated before the call. CPU: memory in use
+    (see :func:`_cpu_memory_meter`) sampled every ``interval_s`` by a thread, peak minus the value
+    before the call (unlike ``ru_maxrss`` this is not monotonic over a run, so sizes can be
+    compared; a peak shorter than the interval can be missed).
+    """
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fn()
+        torch.cuda.synchronize()
+        return result, float(torch.cuda.max_memory_allocated() - base)
+    import threading
+
+    _, meter = _cpu_memory_meter()
+    base = meter()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], meter())
+            done.wait(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        thread.join()
+    peak[0] = max(peak[0], meter())
+    return result, float(peak[0] - base)
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

@@ -1,6 +1,6 @@
 """Quality suite on the demo world: every method, the same held-out edits, the same metrics.
 
-    python -m bench.quality [--size tiny|small] [--seeds 0 1 2] [--batch-sizes 1 16] [--quick]
+    python -m bench.quality [--size tiny|small] [--seeds 0 1 2] [--batch-sizes 1 16 128] [--quick]
 
 Methods: no-edit, FT-L, the untrained editor (calibrated step size, identity hypernetworks: what
 meta-training adds is the gap to it), MALMEN (S=1, KL) and SMEdit (S=1 and S=2, L2), each editor
@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import RESULTS, demo_world_model, print_table, write_result
+from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from editor_core.demo import editor_requests, DEMO_SIZES
 from editor_core.editor import SMEditor
@@ -34,8 +34,8 @@ COLUMNS = ["es", "es_first", "es_gen", "gs_anchor", "gs_anchor_first", "gs_ancho
            "gs_unseen_first", "ls_other", "ls_same"]
 
 
-def method_configs(max_steps: int, seed: int) -> dict[str, TrainConfig]:
-    base = dict(max_steps=max_steps, seed=seed, val_every=max(1, max_steps // 4))
+def method_configs(max_steps: int, seed: int, modules: list[str] | None = None) -> dict[str, TrainConfig]:
+    base = dict(max_steps=max_steps, seed=seed, val_every=max(1, max_steps // 4), modules=modules)
     return {
         "MALMEN S=1 KL": TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **base),
         "SMEdit S=1 L2": TrainConfig(n_steps=1, reg="l2", reg_coef=1e-3, **base),
@@ -44,13 +44,51 @@ def method_configs(max_steps: int, seed: int) -> dict[str, TrainConfig]:
     }
 
 
-def trained_editor(model, tok, train, val, cfg: TrainConfig, cache: Path, tag: str) -> SMEditor:
-    """Meta-train, or reuse a finished run with identical settings, data and base model."""
-    key = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "tag": tag, "n": len(train)}, sort_keys=True).encode())
+def demo_modules(model, spec) -> list[str] | None:
+    """The modules the demo's own editors edit (every method edits the same ones)."""
+    from editor_core.arch import last_layer_modules
+
+    return last_layer_modules(model, spec.edit_layers) if spec.edit_layers is not None else None
+
+
+def trained_editor(model, tok, train, val, cfg: TrainConfig, cache: Path, tag: str,
+                   extra: dict | None = None, progress: bool = True) -> SMEditor:
+    """Meta-train, or reuse a finished run with identical settings, data and base model.
+
+    ``extra`` joins the cache key (e.g. ``{"fraction": 0.05}`` for low-data runs, or the data
+    file of a real-data run); without it the key is the one earlier runs used.
+    """
+    ident = {"cfg": asdict(cfg), "tag": tag, "n": len(train)}
+    if extra:
+        ident["extra"] = extra
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode())
     out = cache / key.hexdigest()[:12]
     if (out / "editor.json").is_file() and json.loads((out / "editor.json").read_text()).get("train_step") == cfg.max_steps:
         return SMEditor.load(out, model, tok)
-    return meta_train(model, tok, train, val, cfg, out, progress=True)
+    return meta_train(model, tok, train, val, cfg, out, progress=progress)
+
+
+def effective_batch(n: int, available: int, what: str = "held-out edits") -> int:
+    """Batch size ``n`` clamped to the edits there are, saying so (a batch of 128 needs 128 edits)."""
+    if n > available:
+        print(f"note: batch n={n} is larger than the {available} {what}: clamped to n={available} "
+              f"(raise --n-eval or use a bigger --size for a full batch)")
+        return available
+    return n
+
+
+def summarise(results: dict[str, dict], columns: list[str]) -> list[list]:
+    """Fill ``mean``/``std`` of every ``{"runs": [...]}`` entry (over seeds); return table rows."""
+    rows = []
+    for entry in results.values():
+        runs = entry["runs"]
+        means = {c: statistics.mean(r[c] for r in runs if r.get(c) is not None)
+                 if any(r.get(c) is not None for r in runs) else None for c in columns}
+        spread = {c: (statistics.stdev([r[c] for r in runs])
+                      if len(runs) > 1 and all(r.get(c) is not None for r in runs) else 0.0) for c in columns}
+        entry.update({"mean": means, "std": spread})
+        rows.append([means[c] if means[c] is not None else "-" for c in columns])
+    return rows
 
 
 def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
@@ -63,32 +101,63 @@ def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
     return editor
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int, modules: list[str] | None,
+                cache: Path, tag: str, extra: dict | None = None, batch_size: int | None = None,
+                progress: bool = True):
+    """``edit_fn`` of the method printed as ``name`` (no-edit, FT-L eps=B, untrained S=2, or a
+    meta-trained one of :func:`method_configs`), training or reusing the editor as needed.
+
+    ``batch_size`` overrides the meta-training batch (low-data runs have fewer edits than 16).
+    """
+    from dataclasses import replace
+
+    if name == "no-edit":
+        return NoEdit().edit
+    if name.startswith("FT-L eps="):
+        bound = float(name.split("=", 1)[1])
+        return FTLEditor(model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=modules)).edit
+    configs = method_configs(max_steps, seed, modules)
+    if name == "untrained S=2":
+        return untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
+    if name not in configs:
+        raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of {sorted(configs)}")
+    cfg = configs[name] if batch_size is None else replace(configs[name], batch_size=batch_size)
+    return trained_editor(model, tok, train, val, cfg, cache, tag, extra=extra, progress=progress).edit
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--size", default="small", choices=sorted(DEMO_SIZES))
+    parser.add_argument("--size", default=None, choices=sorted(DEMO_SIZES), help="demo size (default: small; tiny with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 128],
+                        help="edits per edit() call; one larger than --n-eval is clamped to it")
     parser.add_argument("--max-steps", type=int, default=300)
-    parser.add_argument("--n-eval", type=int, default=96, help="held-out edits per setting")
-    parser.add_argument("--quick", action="store_true", help="one seed, batch 16, 64 edits, 150 steps")
+    parser.add_argument("--n-eval", type=int, default=128, help="held-out edits per setting")
+    parser.add_argument("--quick", action="store_true", help="tiny demo, one seed, batch 16, 64 edits, 150 steps")
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (names as printed)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.batch_sizes, args.n_eval, args.max_steps = [0], [16], 64, 150
+    resolve_size(args)
+    if min(args.batch_sizes) < 1:
+        parser.error("--batch-sizes must be >= 1")
 
     paths, model, tok, world = demo_world_model(args.data_dir, args.size)
     spec = DEMO_SIZES[args.size]
-    cache = RESULTS / "editors" / args.size
+    cache = results_dir() / "editors" / args.size
     results: dict[str, dict] = {}
     started = time.perf_counter()
     for seed in args.seeds:
         train, val = editor_requests(world, spec, seed)
         evaluation = world.edit_requests("eval", seed=seed)[: args.n_eval]
+        if len(evaluation) < args.n_eval:
+            print(f"note: the '{args.size}' world has {len(evaluation)} held-out edits (asked for {args.n_eval})")
         methods = {"no-edit": NoEdit().edit}
         for bound in (0.01, 0.03, 0.1):  # FT-L's norm bound sets its success/locality trade-off
-            methods[f"FT-L eps={bound}"] = FTLEditor(model, tok, FTLConfig(norm_bound=bound, lr=bound)).edit
-        configs = method_configs(args.max_steps, seed)
+            methods[f"FT-L eps={bound}"] = FTLEditor(
+                model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=demo_modules(model, spec))).edit
+        configs = method_configs(args.max_steps, seed, demo_modules(model, spec))
         methods["untrained S=2"] = untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
         for name, cfg in configs.items():
             if args.methods and name not in args.methods:
@@ -98,28 +167,22 @@ def main() -> None:
             if args.methods and name not in args.methods:
                 continue
             for n in args.batch_sizes:
-                report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n, generation=True)
-                results.setdefault(f"{name}|{n}", {}).setdefault("runs", []).append(
+                n_eff = effective_batch(n, len(evaluation))
+                report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff, generation=True)
+                entry = results.setdefault(f"{name}|{n}", {"method": name, "batch": n, "batch_effective": n_eff})
+                entry.setdefault("runs", []).append(
                     {"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
                      "edit_s": report["timing"]["edit_seconds_mean"]})
 
-    rows = []
-    for key, entry in results.items():
-        name, n = key.split("|")
-        runs = entry["runs"]
-        means = {c: statistics.mean(r[c] for r in runs if r[c] is not None) if any(r[c] is not None for r in runs) else None
-                 for c in COLUMNS}
-        spread = {c: (statistics.stdev([r[c] for r in runs]) if len(runs) > 1 and all(r[c] is not None for r in runs) else 0.0)
-                  for c in COLUMNS}
-        entry.update({"method": name, "batch": int(n), "mean": means, "std": spread})
-        rows.append([name, n] + [means[c] if means[c] is not None else "-" for c in COLUMNS])
+    rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
     print_table(f"edit quality, demo '{args.size}', seeds {args.seeds}, {args.n_eval} held-out edits",
                 ["method", "n"] + COLUMNS, rows)
-    path = write_result(f"quality_{args.size}", {
+    from bench.plots import plot_quality
+
+    write_with_plots(f"quality_{args.size}", {
         "size": args.size, "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
-        "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
-    })
-    print(f"wrote {path}")
+        "n_eval_used": len(evaluation), "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
+    }, plot_quality)
 
 
 if __name__ == "__main__":

@@ -204,15 +204,18 @@ def cold_catch_up(database_url: str, model_dir: Path, editor_dir: Path | None) -
             "active_deltas": len(engine.active_ids)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--edits", type=int, default=20, help="sequential edits timed through the service")
     ap.add_argument("--versions", type=int, default=1000, help="versions appended for the catch-up test")
     ap.add_argument("--model-dir")
     ap.add_argument("--editor-dir")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="5 timed edits, 100 catch-up versions")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.edits, args.versions = 5, 100
 
     from smedit.commands.cluster import LocalCluster
 

@@ -150,15 +150,15 @@ def restore_base(c: httpx.Client) -> int:
     return c.get("/v1/model").json()["live_version"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
     ap.add_argument("--size", default="small", choices=["tiny", "small"])
     ap.add_argument("--edits", type=int, default=20, help="single edits timed one by one (latency)")
     ap.add_argument("--burst", type=int, default=256, help="single-fact submissions queued at once")
     ap.add_argument("--generate", type=int, default=40, help="generate calls per inference measurement")
     ap.add_argument("--quick", action="store_true", help="tiny demo, 10 edits, burst 64, 20 generate calls")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.quick:
         args.size, args.edits, args.burst, args.generate = "tiny", 10, 64, 20
 

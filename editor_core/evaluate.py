@@ -122,11 +122,16 @@ def evaluate_editing(
 ) -> dict:
     """Edit ``requests`` in batches and measure them; the model is restored afterwards.
 
+    A ``batch_size`` larger than the number of requests is clamped to it (one batch of all of
+    them); ``timing`` reports ``batch_size`` (used) and ``requested_batch_size``.
     Returns ``{"summary": {metric: mean}, "per_request": [...], "timing": {...}}``.
     """
     requests = list(requests)
     if batch_size < 1 or sequential < 1:
         raise ValueError("batch_size and sequential must be >= 1")
+    requested_batch = batch_size
+    if requests and batch_size > len(requests):
+        batch_size = len(requests)
     probes = [list(r.locality) for r in requests]
     refs = [locality_reference(model, tokenizer, ps) if ps else None for ps in probes]
     group = batch_size * sequential
@@ -165,6 +170,7 @@ def evaluate_editing(
             "edit_seconds_mean": _mean(edit_seconds),
             "edit_seconds_total": float(sum(edit_seconds)),
             "batch_size": batch_size,
+            "requested_batch_size": requested_batch,
             "sequential": sequential,
         },
     }

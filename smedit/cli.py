@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from smedit.commands import client_cmds, cluster, core
+from smedit.commands.bench import bench_app
 from smedit.commands.demo import demo_app
 from smedit.commands.export import export_app
 from smedit.commands.serve import serve, worker
@@ -20,6 +21,7 @@ app.command("train-editor")(core.train_editor)
 app.command("eval")(core.evaluate)
 app.add_typer(demo_app, name="demo")
 app.add_typer(export_app, name="export")
+app.add_typer(bench_app, name="bench")
 
 # The service and its client verbs.
 app.command("serve")(serve)

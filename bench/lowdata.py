@@ -1,0 +1,105 @@
+"""Low-data suite on the demo world: hypernetworks meta-trained on 5%, 25% and 100% of the edits.
+
+    python -m bench.lowdata [--size tiny|small] [--fractions 0.05 0.25 1] [--seeds 0] [--quick]
+
+Each method (SMEdit S=2 L2, MALMEN S=1 KL, SMEdit S=1 L2) is meta-trained for the same number of
+steps on a seeded subsample of the train-split edits (``editor_core.data.subsample``: with one
+seed a smaller share is a subset of a larger one) and evaluated on the same held-out edits of the
+eval split, in batches of ``--batch-size``. When a share has fewer edits than the meta-training
+batch (16), the batch shrinks to the share (``train_batch`` in the JSON). Editors are cached with
+the quality suite's (``bench/results/editors/<size>/``); the key includes the fraction, and 100%
+is the quality suite's own editor (same data, same key).
+
+Columns as in ``bench.quality``. Writes ``lowdata_<size>.json`` and ``lowdata_<size>_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
+from bench.quality import demo_modules, effective_batch, make_method, summarise
+
+COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_anchor", "gs_unseen", "ls", "ls_other", "ls_same"]
+DEFAULT_METHODS = ["SMEdit S=2 L2", "MALMEN S=1 KL", "SMEdit S=1 L2"]
+DEFAULT_FRACTIONS = [0.05, 0.25, 1.0]
+TRAIN_BATCH = 16  # TrainConfig's default meta-training batch
+
+
+def run_lowdata(model, tok, train, val, evaluation, fractions: list[float], methods: list[str], *, batch: int,
+                max_steps: int, seed: int, modules, cache: Path, tag: str, generation: bool = True,
+                progress: bool = True, results: dict | None = None) -> dict:
+    """Meta-train every method on every share of ``train``; evaluate on ``evaluation``."""
+    from editor_core.data import subsample
+    from editor_core.evaluate import evaluate_editing
+
+    results = {} if results is None else results
+    n = effective_batch(batch, len(evaluation))
+    for fraction in sorted(fractions):
+        share = subsample(train, fraction, seed=seed)
+        train_batch = min(TRAIN_BATCH, len(share))
+        for name in methods:
+            started = time.perf_counter()
+            edit_fn = make_method(name, model, tok, share, val, max_steps=max_steps, seed=seed, modules=modules,
+                                  cache=cache, tag=tag, extra={"fraction": fraction} if fraction < 1 else None,
+                                  batch_size=None if train_batch == TRAIN_BATCH else train_batch, progress=progress)
+            train_s = time.perf_counter() - started
+            report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n, generation=generation,
+                                      progress=progress)
+            entry = results.setdefault(f"{name}|{fraction}", {
+                "method": name, "fraction": fraction, "n_train": len(share), "train_batch": train_batch,
+                "batch": n})
+            entry.setdefault("runs", []).append(
+                {"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
+                 "edit_s": report["timing"]["edit_seconds_mean"], "train_or_load_s": round(train_s, 1)})
+    return results
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from editor_core.demo import DEMO_SIZES, editor_requests
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--size", default=None, choices=sorted(DEMO_SIZES), help="demo size (default: small; tiny with --quick)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=DEFAULT_FRACTIONS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--batch-size", type=int, default=16, help="edits per edit() call at evaluation")
+    parser.add_argument("--n-eval", type=int, default=128, help="held-out edits")
+    parser.add_argument("--max-steps", type=int, default=300, help="meta-training steps, the same for every share")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen)")
+    parser.add_argument("--quick", action="store_true", help="tiny demo, 100 meta-training steps, 48 edits")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_steps, args.n_eval = 100, 48
+    resolve_size(args)
+    if any(not 0 < f <= 1 for f in args.fractions):
+        parser.error("--fractions must be in (0, 1]")
+
+    paths, model, tok, world = demo_world_model(args.data_dir, args.size)
+    spec = DEMO_SIZES[args.size]
+    started = time.perf_counter()
+    results: dict = {}
+    for seed in args.seeds:
+        train, val = editor_requests(world, spec, seed)
+        evaluation = world.edit_requests("eval", seed=seed)[: args.n_eval]
+        run_lowdata(model, tok, train, val, evaluation, args.fractions, args.methods, batch=args.batch_size,
+                    max_steps=args.max_steps, seed=seed, modules=demo_modules(model, spec),
+                    cache=results_dir() / "editors" / args.size, tag=f"{args.size}-{paths.root}",
+                    generation=not args.no_generation, results=results)
+    rows = [[e["method"], f"{100 * e['fraction']:g}%", e["n_train"]] + row
+            for e, row in zip(results.values(), summarise(results, COLUMNS))]
+    print_table(f"low-data meta-training, demo '{args.size}', seeds {args.seeds}, {args.max_steps} steps",
+                ["method", "data", "train edits"] + COLUMNS, rows)
+    from bench.plots import plot_lowdata
+
+    write_with_plots(f"lowdata_{args.size}", {
+        "size": args.size, "seeds": args.seeds, "max_steps": args.max_steps, "fractions": args.fractions,
+        "n_eval": args.n_eval, "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
+    }, plot_lowdata)
+
+
+if __name__ == "__main__":
+    main()

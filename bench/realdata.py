@@ -1,0 +1,218 @@
+"""Real-data suite: CounterFact edits on a small GPT-2 trained from scratch on CounterFact's facts.
+
+    python -m bench.realdata [--quick] [--data ../shared/data/counterfact/train.json] [--n-records 1000]
+                             [--model-dir DIR] [--batch-sizes 1 16] [--max-steps 300]
+
+No pretrained language model can be downloaded here, so unless ``--model-dir`` points at a local
+Hugging Face causal LM, the suite builds a reproducible base model: a byte-level BPE tokenizer and
+a GPT-2 trained from scratch (``editor_core.pretrain``) on the TRUE facts of the first N records:
+``prompt + ground_truth``, every kept paraphrase + ``ground_truth`` (so paraphrases are learned,
+and GS asks something the model knew), and each record's neighbourhood prompt + its answer (so LS
+measures damage to facts the model knows). It is cached under ``<results>/realdata/lm-<key>``,
+keyed by the data file, N and the model settings.
+
+The N records are split 70/10/20 (seeded): editors (SMEdit S=2 L2, MALMEN S=1 KL, cached like the
+quality suite's) are meta-trained on the counterfactual edits (``target_new``) of the first part,
+validated on the second, and every method is evaluated on the held-out third with
+``editor_core.evaluate.evaluate_editing``. ``no-edit`` is the floor.
+
+Columns: ``es`` / ``es_first`` / ``es_gen`` (edit success: token accuracy, first token, greedy
+decoding), ``gs`` / ``gs_first`` (the paraphrase), ``ls`` (neighbourhood prompt: share of answer
+tokens whose argmax the edit left unchanged), ``cf_efficacy`` (P(new) > P(true) on the prompt) and
+``cf_neighbourhood`` (the neighbour's true answer still beats the new target). ``base_model`` in the
+JSON reports what the base model knows (exact match of the true answer) on the held-out records'
+prompts and paraphrases, on neighbourhood prompts, and on a control of records it never saw.
+
+Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.common import print_table, results_dir, write_with_plots
+
+DEFAULT_DATA = Path("../shared/data/counterfact/train.json")
+COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_first", "gs_gen", "ls", "cf_efficacy", "cf_neighbourhood"]
+DEFAULT_METHODS = ["no-edit", "MALMEN S=1 KL", "SMEdit S=2 L2"]
+LM_VERSION = "1"  # bump when the corpus recipe changes
+
+
+def lm_presets():
+    from editor_core.pretrain import PretrainConfig
+
+    return {
+        # tests: seconds, knows nothing
+        "tiny": PretrainConfig(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=400, min_frequency=1,
+                               max_steps=20, batch_size=16, warmup_steps=5, eval_every=10, max_seconds=60),
+        # --quick: ~4 minutes on one shared core
+        "quick": PretrainConfig(n_layer=2, n_embd=128, n_head=4, n_positions=128, vocab_size=2000, max_steps=4000,
+                                lr=3e-3, batch_size=32, warmup_steps=50, eval_every=200, prompt_loss_weight=0.1,
+                                target_accuracy=0.95, max_seconds=240),
+        "full": PretrainConfig(n_layer=4, n_embd=256, n_head=4, n_positions=128, vocab_size=4000, max_steps=10000,
+                               lr=2e-3, batch_size=64, warmup_steps=100, eval_every=250, prompt_loss_weight=0.1,
+                               target_accuracy=0.98, max_seconds=1500),
+    }
+
+
+def true_fact_pairs(records) -> list[tuple[str, str]]:
+    """(prompt, true answer) pairs the base model learns: prompts, paraphrases, neighbourhood probes."""
+    pairs: list[tuple[str, str]] = []
+    for r in records:
+        if not r.ground_truth:
+            continue
+        pairs.append((r.prompt, r.ground_truth))
+        pairs += [(p, r.ground_truth) for p in r.paraphrases]
+        pairs += [(p.prompt, p.answer) for p in r.locality if p.answer]
+    return list(dict.fromkeys(pairs))  # a neighbour may be another record's fact: learn it once
+
+
+def build_base_model(records, data: Path, preset: str, out_root: Path, pretrain_steps: int | None = None,
+                     progress: bool = True) -> tuple[Path, dict]:
+    """Train (or reuse) the from-scratch GPT-2 on the records' true facts; return its dir and stats."""
+    from dataclasses import replace
+
+    from editor_core.pretrain import pretrain_lm
+
+    cfg = lm_presets()[preset]
+    if pretrain_steps:
+        cfg = replace(cfg, max_steps=pretrain_steps)
+    pairs = true_fact_pairs(records)
+    key = hashlib.sha256(json.dumps({"version": LM_VERSION, "data": Path(data).name, "pairs": pairs,
+                                     "config": asdict(cfg)}, sort_keys=True).encode()).hexdigest()[:12]
+    out = out_root / f"lm-{preset}-{key}"
+    if (out / "pretrain_stats.json").is_file():
+        return out, json.loads((out / "pretrain_stats.json").read_text())
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out_root))
+    try:
+        stats = pretrain_lm(pairs, tmp, cfg, progress=progress)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, stats
+
+
+def model_tag(model_dir: Path) -> str:
+    """Identifies a model directory's weights for the editor cache (path, weight files' sizes and times)."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return json.dumps([str(Path(model_dir).resolve())] + [[p.name, p.stat().st_size, int(p.stat().st_mtime)]
+                                                          for p in files])
+
+
+def knowledge(model, tok, records, control) -> dict:
+    """Exact match of the true answer (teacher-forced argmax) on what the base model was taught."""
+    from editor_core.pretrain import answer_accuracy
+
+    def acc(pairs):
+        return answer_accuracy(model, tok, pairs) if pairs else None
+
+    return {
+        "prompt": acc([(r.prompt, r.ground_truth) for r in records if r.ground_truth]),
+        "paraphrase": acc([(p, r.ground_truth) for r in records if r.ground_truth for p in r.paraphrases]),
+        "neighbourhood": acc([(p.prompt, p.answer) for r in records for p in r.locality if p.answer]),
+        "control_prompt": acc([(r.prompt, r.ground_truth) for r in control if r.ground_truth]),
+        "control_paraphrase": acc([(p, r.ground_truth) for r in control if r.ground_truth for p in r.paraphrases]),
+        "n_records": len(records),
+        "n_control": len(control),
+    }
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CounterFact (EasyEdit json) file")
+    parser.add_argument("--n-records", type=int, default=1000, help="records the base model learns (N)")
+    parser.add_argument("--n-control", type=int, default=200, help="unseen records for the knowledge control")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a local Hugging Face causal LM to edit instead of building one")
+    parser.add_argument("--lm", default=None, choices=["tiny", "quick", "full"],
+                        help="size of the from-scratch base model (default full; quick with --quick)")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's max steps")
+    parser.add_argument("--edit-layers", type=int, default=None,
+                        help="edit the MLP outputs of the last K layers (default: all layers of a built model, "
+                             "the library default for --model-dir)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--n-eval", type=int, default=128, help="held-out edits evaluated")
+    parser.add_argument("--max-steps", type=int, default=300, help="meta-training steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen, gs_gen)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick base model (4 min cap), 150 meta-training steps, batch 16, 64 edits")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_steps, args.n_eval, args.batch_sizes = 150, 64, [16]
+    args.lm = args.lm or ("quick" if args.quick else "full")
+
+    from bench.quality import effective_batch, make_method, summarise
+    from editor_core.arch import last_layer_modules, layer_count
+    from editor_core.data import load_counterfact, split_requests
+    from editor_core.evaluate import evaluate_editing
+    from editor_core.models import load_model
+
+    started = time.perf_counter()
+    if not args.data.is_file():
+        parser.error(f"{args.data} not found (CounterFact in EasyEdit format; see ../shared/data/README.md)")
+    every = [r for r in load_counterfact(args.data) if r.ground_truth]
+    if len(every) < args.n_records:
+        print(f"note: {args.data} has {len(every)} usable records; using all of them")
+    records = every[: args.n_records]
+    control = every[args.n_records: args.n_records + args.n_control]
+    root = results_dir() / "realdata"
+    if args.model_dir is not None:
+        model_dir, pre_stats, name = args.model_dir, None, args.model_dir.name
+    else:
+        model_dir, pre_stats = build_base_model(records, args.data, args.lm, root, args.pretrain_steps)
+        name = f"cf{len(records)}_{args.lm}"
+    model, tok = load_model(model_dir, device=args.device)
+    layers = args.edit_layers or (None if args.model_dir is not None else layer_count(model))
+    modules = last_layer_modules(model, layers) if layers else None
+
+    results: dict = {}
+    base = None
+    for seed in args.seeds:
+        train, val, held_out = split_requests(records, [0.7, 0.1, 0.2], seed=seed)
+        evaluation = held_out[: args.n_eval]
+        if base is None:
+            base = knowledge(model, tok, evaluation, control)
+            print("base model knows (exact match of the true answer):",
+                  {k: round(v, 3) if isinstance(v, float) else v for k, v in base.items()})
+        extra = {"data": args.data.name, "n_records": len(records), "split_seed": seed}
+        for method in args.methods:
+            edit_fn = make_method(method, model, tok, train, val, max_steps=args.max_steps, seed=seed,
+                                  modules=modules, cache=results_dir() / "editors" / "realdata",
+                                  tag=model_tag(model_dir), extra=extra)
+            for n in args.batch_sizes:
+                n_eff = effective_batch(n, len(evaluation))
+                report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff,
+                                          generation=not args.no_generation, progress=True)
+                entry = results.setdefault(f"{method}|{n}", {"method": method, "batch": n, "batch_effective": n_eff})
+                entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
+                                                     "edit_s": report["timing"]["edit_seconds_mean"]})
+    rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
+    print_table(f"CounterFact edits, {name}, {len(records)} records, seeds {args.seeds}",
+                ["method", "n"] + COLUMNS, rows)
+    from bench.plots import plot_quality
+
+    write_with_plots(f"realdata_{name}", {
+        "dataset": f"CounterFact {args.data.name}", "data": str(args.data), "n_records": len(records),
+        "model_dir": str(model_dir), "lm": None if args.model_dir is not None else args.lm,
+        "edit_modules": modules, "pretrain": None if pre_stats is None else
+        {k: v for k, v in pre_stats.items() if k not in ("history", "config")},
+        "base_model": base, "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
+        "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
+    }, plot_quality)
+
+
+if __name__ == "__main__":
+    main()

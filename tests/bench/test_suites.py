@@ -1,0 +1,170 @@
+"""The sequential, low-data and real-data suites end to end on a tiny generated world (seconds).
+
+``main()`` runs as on the command line; only the demo build is replaced by the tiny fixture (an
+untrained model: the numbers mean nothing, the plumbing and the JSON are what is checked).
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+METRICS = {"es", "gs", "ls", "es_first", "gs_anchor", "ls_other", "ls_same"}
+
+
+@pytest.fixture
+def fake_demo(tiny_setup, monkeypatch, tmp_path):
+    model, tok, world = tiny_setup
+
+    def demo_world_model(data_dir, size, seed=0, train_editor=False):
+        return SimpleNamespace(root=tmp_path / "demo"), model, tok, world
+
+    import bench.lowdata
+    import bench.sequential
+
+    monkeypatch.setattr(bench.sequential, "demo_world_model", demo_world_model)
+    monkeypatch.setattr(bench.lowdata, "demo_world_model", demo_world_model)
+    return tiny_setup
+
+
+def _load(path):
+    assert path.is_file(), path
+    return json.loads(path.read_text())
+
+
+def test_sequential_suite_writes_json_and_plot(fake_demo, results):
+    from bench.sequential import main
+
+    main(["--size", "tiny", "--settings", "1x2", "3x2", "--max-steps", "2", "--no-generation",
+          "--methods", "no-edit", "SMEdit S=2 L2"])
+    data = _load(results / "sequential_tiny.json")
+    assert {"environment", "size", "seeds", "settings", "results", "seconds"} <= set(data)
+    assert data["settings"] == ["1x2", "3x2"]
+    got = {(r["method"], r["T"], r["n"], r["edits"]) for r in data["results"]}
+    assert got == {("no-edit", 1, 2, 2), ("no-edit", 3, 2, 6), ("SMEdit S=2 L2", 1, 2, 2), ("SMEdit S=2 L2", 3, 2, 6)}
+    for r in data["results"]:
+        assert METRICS <= set(r["mean"]) and r["mean"]["es"] is not None
+    no_edit = [r for r in data["results"] if r["method"] == "no-edit"]
+    assert all(r["mean"]["ls"] == 1.0 for r in no_edit)  # nothing applied: locality untouched
+    assert (results / "sequential_tiny_curve.png").stat().st_size > 0
+
+
+def test_sequential_edits_accumulate_without_revert(tiny_setup):
+    """T batches are applied one after another: each edit sees the previous ones; all undone at the end."""
+    import torch
+
+    from editor_core.arch import default_modules, get_module
+    from editor_core.baselines import FTLConfig, FTLEditor
+    from editor_core.evaluate import evaluate_editing
+
+    model, tok, world = tiny_setup
+    weight = get_module(model, default_modules(model)[0]).weight
+    original = weight.detach().clone()
+    ftl = FTLEditor(model, tok, FTLConfig(steps=3, lr=0.05, norm_bound=0.05))
+    seen: list[float] = []
+
+    def edit(batch):
+        seen.append(float((weight - original).abs().sum()))  # how far the model is from the base now
+        return ftl.edit(batch)
+
+    requests = world.edit_requests("eval", seed=0)[:6]
+    report = evaluate_editing(model, tok, edit, requests, batch_size=2, sequential=3, generation=False)
+    assert len(seen) == 3 and seen[0] == 0.0 and seen[1] > 0.0 and seen[2] not in (0.0, seen[1])
+    assert report["timing"]["sequential"] == 3 and report["summary"]["n_requests"] == 6
+    assert torch.equal(weight, original)
+
+
+def test_lowdata_suite_keys_and_cache_per_fraction(fake_demo, results):
+    from bench.lowdata import main
+
+    main(["--size", "tiny", "--fractions", "0.1", "1", "--max-steps", "2", "--no-generation", "--batch-size", "4",
+          "--methods", "SMEdit S=1 L2", "MALMEN S=1 KL"])
+    data = _load(results / "lowdata_tiny.json")
+    assert {"environment", "fractions", "max_steps", "results", "n_eval"} <= set(data)
+    rows = {(r["method"], r["fraction"]): r for r in data["results"]}
+    assert set(rows) == {(m, f) for m in ("SMEdit S=1 L2", "MALMEN S=1 KL") for f in (0.1, 1.0)}
+    small, full = rows[("SMEdit S=1 L2", 0.1)], rows[("SMEdit S=1 L2", 1.0)]
+    assert small["n_train"] < full["n_train"] and small["train_batch"] == min(16, small["n_train"])
+    for r in data["results"]:
+        assert METRICS <= set(r["mean"])
+    # one cached editor per (method, fraction): the fraction is part of the key
+    assert len([p for p in (results / "editors" / "tiny").iterdir() if p.is_dir()]) == 4
+    assert (results / "lowdata_tiny_curve.png").stat().st_size > 0
+
+
+def _counterfact_file(world, path):
+    """A CounterFact (EasyEdit) file made of the world's facts: every record has all the fields."""
+    records = []
+    for i, r in enumerate(world.edit_requests("train", seed=0)[:40]):
+        loc = r.locality[0]
+        records.append({"case_id": i, "prompt": r.prompt, "target_new": r.target, "subject": r.subject,
+                        "ground_truth": r.ground_truth, "rephrase_prompt": r.paraphrases[0],
+                        "locality_prompt": loc.prompt, "locality_ground_truth": loc.answer})
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_realdata_suite_builds_a_base_model_and_evaluates(tiny_setup, results, tmp_path):
+    from bench.realdata import main
+
+    data = _counterfact_file(tiny_setup[2], tmp_path / "cf.json")
+    args = ["--data", str(data), "--lm", "tiny", "--n-records", "30", "--n-control", "5", "--max-steps", "2",
+            "--n-eval", "6", "--batch-sizes", "3", "--no-generation", "--methods", "no-edit", "SMEdit S=2 L2"]
+    main(args)
+    out = _load(results / "realdata_cf30_tiny.json")
+    assert {"base_model", "pretrain", "results", "n_records", "edit_modules"} <= set(out)
+    assert {"prompt", "paraphrase", "neighbourhood", "control_prompt"} <= set(out["base_model"])
+    assert out["base_model"]["n_control"] == 5
+    assert {r["method"] for r in out["results"]} == {"no-edit", "SMEdit S=2 L2"}
+    for r in out["results"]:
+        assert {"es", "gs", "ls", "cf_efficacy"} <= set(r["mean"]) and r["batch"] == 3
+    models = list((results / "realdata").glob("lm-tiny-*"))
+    assert len(models) == 1 and (models[0] / "pretrain_stats.json").is_file()
+    main(args)  # cached: the same base model is reused, not a second one built
+    assert list((results / "realdata").glob("lm-tiny-*")) == models
+
+
+def test_realdata_suite_edits_a_given_model_dir(tiny_setup, results, tmp_path):
+    from bench.realdata import main
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    data = _counterfact_file(world, tmp_path / "cf.json")
+    main(["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--n-records", "30", "--max-steps", "2",
+          "--n-eval", "4", "--batch-sizes", "8", "--no-generation", "--methods", "no-edit"])
+    out = _load(results / "realdata_lm.json")
+    assert out["lm"] is None and out["pretrain"] is None
+    assert out["results"][0]["batch"] == 8 and out["results"][0]["batch_effective"] == 4
+    assert not (results / "realdata").exists()  # nothing was built
+
+
+def test_evaluate_clamps_a_batch_larger_than_the_requests(tiny_setup, capsys):
+    from bench.quality import effective_batch
+    from editor_core.baselines import NoEdit
+    from editor_core.evaluate import evaluate_editing
+
+    model, tok, world = tiny_setup
+    requests = world.edit_requests("eval", seed=0)[:3]
+    report = evaluate_editing(model, tok, NoEdit().edit, requests, batch_size=128, generation=False)
+    assert report["timing"]["batch_size"] == 3 and report["timing"]["requested_batch_size"] == 128
+    assert report["summary"]["n_requests"] == 3
+    assert effective_batch(128, 3) == 3 and "clamped to n=3" in capsys.readouterr().out
+    assert effective_batch(16, 64) == 16
+
+
+def test_peak_memory_sees_an_allocation():
+    import torch
+
+    from bench.common import peak_memory_during
+
+    def allocate():
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        x += 1
+        return float(x[0])
+
+    value, added = peak_memory_during(allocate)
+    assert value == 2.0
+    assert added > 32 * 2**20
