@@ -26,7 +26,7 @@ from editor_core.delta import Delta
 from editor_core.editor import EditorConfig, SMEditor
 from editor_core.models import load_model, model_fingerprint
 from editor_core.state import WeightState
-from editor_core.tokens import split_pair
+from editor_core.tokens import prompt_ids, split_pair
 from editor_core.types import EditRequest, LocalityProbe
 
 log = logging.getLogger("app.engine")
@@ -286,7 +286,8 @@ class Engine:
         """
         with self.lock:
             version = self.live_version if self.live_version is not None else -1
-            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.model.device)
+            # As the editor and the gate read a prompt (no [SEP]-style end token appended).
+            ids = torch.tensor([prompt_ids(self.tokenizer, prompt)], device=self.model.device)
             self._check_context(int(ids.shape[1]) + max_tokens, "max_tokens")
             kwargs: dict[str, Any] = {
                 "max_new_tokens": max_tokens,

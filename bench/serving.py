@@ -16,8 +16,15 @@ its SMEdit editor) driven over HTTP, against the library on the same requests:
    numbers). Goal: <= 1.02x.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.serving [--size small|tiny] [--quick]
+        [--model-dir DIR --editor-dir DIR | --random-model LAYERSxWIDTH]
 
-Prints a table and writes ``bench/results/serving_<size>.json``.
+The requests are the demo world's. ``--model-dir``/``--editor-dir`` serve your own model and
+editor instead of the demo's; ``--random-model 12x768`` a randomly initialised GPT-2 of that shape
+(the demo tokenizer) with an untrained S=2 editor, cached under ``bench/results/serving_models/``:
+its edits mean nothing (the gate rejects most of them), but its costs are those of a model of that
+size, which shows how the service's fixed per-edit costs weigh against a heavier ``editor.edit``.
+
+Prints a table and writes ``bench/results/serving_<name>.json``.
 """
 
 from __future__ import annotations
@@ -105,6 +112,38 @@ def submit_and_wait(c: httpx.Client, request: Any) -> tuple[float, dict[str, Any
     return time.perf_counter() - t0, body
 
 
+def random_model(shape: str, tokenizer_dir: Path, progress: bool = True) -> tuple[Path, Path]:
+    """A random GPT-2 of ``LAYERSxWIDTH`` with the demo tokenizer and an untrained S=2 editor (cached)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from bench.common import results_dir
+    from editor_core.editor import EditorConfig, SMEditor
+    from editor_core.models import load_model
+
+    try:
+        n_layer, n_embd = (int(x) for x in shape.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--random-model wants LAYERSxWIDTH, e.g. 12x768; got {shape!r}") from None
+    root = results_dir() / "serving_models" / f"gpt2-{n_layer}x{n_embd}"
+    model_dir, editor_dir = root / "model", root / "editor"
+    if editor_dir.is_dir():
+        return model_dir, editor_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64),
+                        n_positions=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    import torch
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    model, tok = load_model(model_dir, device="cpu")
+    SMEditor(model, tok, EditorConfig(n_steps=2)).save(editor_dir)
+    if progress:
+        print(f"built {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) and an "
+              f"untrained editor")
+    return model_dir, editor_dir
+
+
 def editor_alone(paths: Any, requests: list[Any]) -> list[float]:
     """``editor.edit`` on each request, on the same model and editor the server loads."""
     from editor_core.editor import SMEditor
@@ -158,13 +197,29 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     ap.add_argument("--burst", type=int, default=256, help="single-fact submissions queued at once")
     ap.add_argument("--generate", type=int, default=40, help="generate calls per inference measurement")
     ap.add_argument("--quick", action="store_true", help="tiny demo, 10 edits, burst 64, 20 generate calls")
+    ap.add_argument("--model-dir", type=Path, help="serve this Hugging Face model instead of the demo's")
+    ap.add_argument("--editor-dir", type=Path, help="its editor checkpoint (with --model-dir)")
+    ap.add_argument("--random-model", metavar="LAYERSxWIDTH",
+                    help="a random GPT-2 of that shape with an untrained editor (costs only, e.g. 12x768)")
     args = ap.parse_args(argv)
     if args.quick:
         args.size, args.edits, args.burst, args.generate = "tiny", 10, 64, 20
+    if (args.model_dir is None) != (args.editor_dir is None):
+        ap.error("--model-dir and --editor-dir go together")
+    if args.model_dir and args.random_model:
+        ap.error("--model-dir and --random-model exclude each other")
+
+    from dataclasses import replace
 
     from editor_core.demo import build_demo
 
     paths = build_demo(args.data_dir, size=args.size, progress=True)
+    name = args.size
+    if args.random_model:
+        model_dir, editor_dir = random_model(args.random_model, paths.model_dir)
+        paths, name = replace(paths, model_dir=model_dir, editor_dir=editor_dir), f"random-{args.random_model}"
+    elif args.model_dir:
+        paths, name = replace(paths, model_dir=args.model_dir, editor_dir=args.editor_dir), args.model_dir.name
     world = paths.load_world()
     canaries = [p.prompt for p in world.canary_prompts(16)]
     pool = [r for seed in range(8) for r in world.edit_requests("train", seed=seed)]
@@ -174,7 +229,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     serial_reqs = pool[args.edits : args.edits + args.burst]
     burst_reqs = pool[args.edits + args.burst : args.edits + 2 * args.burst]
     prompts = [p.prompt for p in world.canary_prompts(args.generate)]
-    out: dict[str, Any] = {"size": args.size, "edits": args.edits, "burst": args.burst}
+    out: dict[str, Any] = {"size": args.size, "model_dir": str(paths.model_dir), "edits": args.edits,
+                           "burst": args.burst}
     started = time.perf_counter()
 
     alone = editor_alone(paths, latency_reqs)
@@ -242,7 +298,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     out["seconds"] = round(time.perf_counter() - started, 1)
     mb, inf = out["micro_batching"], out["inference"]
-    print_table(f"service overhead, embedded mode, demo '{args.size}'", ["measure", "value", "goal"], [
+    print_table(f"service overhead, embedded mode, {name}", ["measure", "value", "goal"], [
         ["editor.edit alone (median)", f"{out['editor_edit_s'] * 1e3:.1f} ms", ""],
         ["POST->applied, gate on", f"{out['gate_on']['ratio']:.2f}x", "<= 1.15x"],
         ["POST->applied, gate off", f"{out['gate_off']['ratio']:.2f}x", "<= 1.15x"],
@@ -250,7 +306,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         ["generate on edited vs base (per token)", f"{inf['ratio']:.3f}x", "<= 1.02x"],
         ["  edited vs base restored afterwards", f"{inf['ratio_vs_restored']:.3f}x", "<= 1.02x"],
     ])
-    print(f"wrote {write_result(f'serving_{args.size}', out)}")
+    print(f"wrote {write_result(f'serving_{name}', out)}")
 
 
 if __name__ == "__main__":

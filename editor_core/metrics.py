@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from editor_core.tokens import pair_batch, split_pair
+from editor_core.tokens import pair_batch, prompt_ids, split_pair
 from editor_core.types import EditRequest, LocalityProbe
 
 
@@ -105,7 +105,7 @@ def greedy_token_ids(
     out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        encoded = [tokenizer(p)["input_ids"] for p in chunk]
+        encoded = [prompt_ids(tokenizer, p) for p in chunk]
         steps = max(limits[start : start + batch_size])
         width = max(len(ids) for ids in encoded)
         # Left padding keeps every prompt's last token in the last column; explicit position ids
@@ -145,8 +145,8 @@ def greedy_keeps(
     for start in range(0, len(prompts), batch_size):
         rows = []
         for prompt, cont in zip(prompts[start : start + batch_size], continuations[start : start + batch_size]):
-            prompt_ids = tokenizer(prompt)["input_ids"]
-            rows.append((prompt_ids + list(cont), len(prompt_ids), len(cont)))
+            ids_of_prompt = prompt_ids(tokenizer, prompt)
+            rows.append((ids_of_prompt + list(cont), len(ids_of_prompt), len(cont)))
         width = max(len(r[0]) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

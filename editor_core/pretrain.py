@@ -1,13 +1,15 @@
-"""Train a small GPT-2-architecture LM from scratch on a text corpus (the demo world's facts).
+"""Train a small GPT-2-architecture LM from scratch on a text corpus (the demo world's facts),
+or fine-tune an existing causal LM on one with the same loss (:func:`finetune_lm`).
 
 The tokenizer is a byte-level BPE trained on the same corpus and saved as a
 ``GPT2TokenizerFast``, so ``AutoTokenizer.from_pretrained(dir, local_files_only=True)`` and
 ``AutoModelForCausalLM.from_pretrained(dir, local_files_only=True)`` load the result like any
 other Hugging Face model. Byte-level means any text (``"Zürich ☃"``) round-trips.
 
-Training follows the convention of :mod:`editor_core.tokens`: no BOS token, a text is
-``prompt + " " + answer`` and ends with EOS; the answer's tokens are the ones after the prompt's
-own tokenization. Memorisation is measured as exact match of all answer tokens under teacher
+Training follows the convention of :mod:`editor_core.tokens`: a text is the tokenizer's leading
+BOS if it adds one (none for the GPT-2 tokenizers trained here; ``[CLS]`` for a BERT decoder whose
+tokenizer names it BOS), ``prompt + " " + answer``, then EOS; the answer's tokens are the ones after
+the prompt's own tokenization. Memorisation is measured as exact match of all answer tokens under teacher
 forcing (argmax), which is the same as greedy decoding producing the answer.
 """
 
@@ -25,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, PreTrainedTokenizerBase
+
+from editor_core.tokens import leading_ids
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -109,14 +113,17 @@ def _encode(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-    """Prompt ids and answer ids, the answer tokenized in context (as editor_core.tokens does)."""
+    """Prompt ids (after the leading BOS, if the tokenizer adds one) and answer ids, the answer
+    tokenized in context: exactly what :func:`editor_core.tokens.pair_batch` feeds the model."""
     answer = answer.strip()
     prompt_ids = _encode(tok, prompt)
     joiner = "" if prompt.endswith((" ", "\n")) else " "
     full = _encode(tok, prompt + joiner + answer)
     if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-        return prompt_ids, full[len(prompt_ids):]
-    return prompt_ids, _encode(tok, joiner + answer)
+        answer_ids = full[len(prompt_ids):]
+    else:
+        answer_ids = _encode(tok, joiner + answer)
+    return leading_ids(tok) + prompt_ids, answer_ids
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -174,7 +181,7 @@ def _examples(tok: PreTrainedTokenizerBase, texts: Sequence[TextOrPair], prompt_
     out = []
     for item in texts:
         if isinstance(item, str):
-            ids = _encode(tok, item) + [eos]
+            ids = leading_ids(tok) + _encode(tok, item) + [eos]
             weights = [1.0] * len(ids)
         else:
             prompt, answer = item
@@ -273,26 +280,70 @@ def pretrain_lm(
 
     old_threads = torch.get_num_threads()
     try:
-        return _train(texts, out_dir, cfg, progress, eval_pairs)
+        start_time = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        plain = [t if isinstance(t, str) else f"{t[0]} {t[1].strip()}" for t in texts]
+        tok = train_tokenizer(plain, cfg.vocab_size, cfg.min_frequency)
+        tok.model_max_length = cfg.n_positions
+        model = build_model(cfg, tok)
+        return _train(model, tok, texts, out_dir, cfg, progress, eval_pairs, start_time, "pretrain")
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(texts, out_dir: Path, cfg: PretrainConfig, progress: bool, eval_pairs) -> dict:
+def finetune_lm(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    texts: Sequence[TextOrPair],
+    out_dir: str | Path,
+    config: PretrainConfig | None = None,
+    progress: bool = True,
+    eval_pairs: Sequence[tuple[str, str]] | None = None,
+) -> dict:
+    """Train an existing causal LM and its tokenizer on ``texts`` as :func:`pretrain_lm` trains a
+    new one (same batches, loss, schedule, stopping rules and stats), then save both into ``out_dir``.
+
+    Only the optimisation fields of ``config`` apply (its model-size fields are ignored); every
+    parameter of ``model`` is trained (it is switched to train mode and gradients are enabled), on
+    the CPU or wherever ``model`` lives. ``tok`` needs an EOS token, which ends every text.
+    """
+    cfg = config or PretrainConfig()
+    if not texts:
+        raise ValueError("no texts to train on")
+    if tok.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: set tok.eos_token (BERT-style: '[SEP]')")
+    if eval_pairs is None:
+        eval_pairs = [t for t in texts if not isinstance(t, str)]
+    old_threads = torch.get_num_threads()
+    try:
+        start_time = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model.requires_grad_(True)
+        return _train(model, tok, texts, Path(out_dir), cfg, progress, list(eval_pairs), start_time, "finetune")
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _max_positions(config) -> int | None:
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _train(model: nn.Module, tok: PreTrainedTokenizerBase, texts, out_dir: Path, cfg: PretrainConfig,
+           progress: bool, eval_pairs, start_time: float, desc: str) -> dict:
     from tqdm.auto import tqdm
 
-    start_time = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    plain = [t if isinstance(t, str) else f"{t[0]} {t[1].strip()}" for t in texts]
-    tok = train_tokenizer(plain, cfg.vocab_size, cfg.min_frequency)
-    tok.model_max_length = cfg.n_positions
     examples = _examples(tok, texts, cfg.prompt_loss_weight)
     longest = max(len(e.ids) for e in examples)
-    if longest > cfg.n_positions:
-        raise ValueError(f"a text has {longest} tokens; n_positions is {cfg.n_positions}")
+    limit = _max_positions(model.config)
+    if limit is not None and longest > limit:
+        raise ValueError(f"a text has {longest} tokens; the model takes at most {limit}")
 
-    model = build_model(cfg, tok)
     model.train()
+    device = next(model.parameters()).device
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -311,7 +362,7 @@ def _train(texts, out_dir: Path, cfg: PretrainConfig, progress: bool, eval_pairs
     step, tokens, loss_ema, accuracy, stopped = 0, 0, None, None, "max_steps"
     eval_seconds = 0.0
     history: list[dict] = []
-    bar = tqdm(total=total, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     order: list[int] = []
     tuner = _ThreadTuner(cfg.num_threads)
     while step < total:
@@ -330,9 +381,10 @@ def _train(texts, out_dir: Path, cfg: PretrainConfig, progress: bool, eval_pairs
             mask[b, : len(e.ids)] = 1
             weights[b, : len(e.weights)] = torch.tensor(e.weights)
         weights[:, 0] = 0.0  # the first token has no prediction
+        ids, mask, weights = ids.to(device), mask.to(device), weights.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         nll = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+            logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
         )
         w = weights[:, 1:].reshape(-1)
         loss = (nll * w).sum() / w.sum()

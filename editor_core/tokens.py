@@ -48,13 +48,23 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """A BOS token for models that were trained with one (Llama, Gemma), else nothing."""
     probe = tokenizer("a", add_special_tokens=True)["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None and len(probe) > 0 and probe[0] == bos:
         return [bos]
     return []
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of a prompt as the model reads it on its own: the leading BOS (if any) and the text.
+
+    ``tokenizer(text)`` would add whatever the tokenizer's template adds, which is right for GPT-2
+    (nothing) and Llama (BOS) but not for a BERT-style WordPiece tokenizer used as a decoder: its
+    ``[CLS] text [SEP]`` would end every prompt with an end-of-text token.
+    """
+    return leading_ids(tokenizer) + _encode(tokenizer, text)
 
 
 def split_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> tuple[list[int], list[int]]:
@@ -85,7 +95,7 @@ def pair_batch(
     """Build a right-padded batch; prompts are cut from the left if ``max_length`` is exceeded."""
     if len(prompts) != len(targets):
         raise ValueError("prompts and targets must have the same length")
-    lead = _leading_ids(tokenizer)
+    lead = leading_ids(tokenizer)
     rows: list[tuple[list[int], int]] = []
     for prompt, target in zip(prompts, targets):
         prompt_ids, target_ids = split_pair(tokenizer, prompt, target)

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.deps import model_engine, services
 from app.api.inference import _wait_version
 from app.auth import Principal, require
+from editor_core.tokens import prompt_ids
 
 VERSION_HEADER = "X-Smedit-Model-Version"
 MAX_N = 8
@@ -239,7 +240,7 @@ class _Choice:
 
 
 def _prompt_tokens(engine: Any, prompt: str) -> int:
-    return len(engine.tokenizer(prompt)["input_ids"])  # under the engine lock: fast tokenizers aren't thread-safe
+    return len(prompt_ids(engine.tokenizer, prompt))  # under the engine lock: fast tokenizers aren't thread-safe
 
 
 def _resolve_max(engine: Any, job: _Job, n_prompt: int, limit: int) -> int:

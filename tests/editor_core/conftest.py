@@ -6,6 +6,9 @@ import pytest
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
+    BertConfig,
+    BertLMHeadModel,
+    BertTokenizerFast,
     Gemma2Config,
     Gemma2ForCausalLM,
     GPT2Config,
@@ -55,6 +58,11 @@ def build_tiny(family: str, vocab_size: int, dtype: torch.dtype = torch.float32)
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif family == "gemma2":
         model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8))
+    elif family == "bert":  # a BERT used as a causal decoder (MiniLM in bench.realdata --base minilm)
+        model = BertLMHeadModel(BertConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=128,
+                                           is_decoder=True, hidden_dropout_prob=0.0,
+                                           attention_probs_dropout_prob=0.0))
     else:
         raise ValueError(family)
     model = model.to(dtype).eval()
@@ -62,4 +70,38 @@ def build_tiny(family: str, vocab_size: int, dtype: torch.dtype = torch.float32)
     return model
 
 
-FAMILIES = ["gpt2", "gptj", "llama", "qwen2", "gemma2"]
+FAMILIES = ["gpt2", "gptj", "llama", "qwen2", "gemma2", "bert"]
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece_tokenizer(texts, out_dir, n_words: int = 60, bos_eos: bool = True) -> BertTokenizerFast:
+    """An uncased WordPiece tokenizer made from ``texts``: the special tokens, the ``n_words`` most
+    frequent words whole, and every character as ``c`` and ``##c`` (so rarer words split into pieces).
+    With ``bos_eos`` its ``[CLS]``/``[SEP]`` are also BOS/EOS, as ``bench.minilm`` sets them."""
+    from collections import Counter
+    from pathlib import Path
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    norm, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
+    words: Counter = Counter()
+    chars: set[str] = set()
+    for text in texts:
+        text = norm.normalize_str(text)
+        words.update(w for w, _ in pre.pre_tokenize_str(text))
+        chars.update(c for c in text if not c.isspace())
+    pieces = [w for w, _ in words.most_common(n_words)] + sorted(chars) + ["##" + c for c in sorted(chars)]
+    vocab = SPECIALS + list(dict.fromkeys(p for p in pieces if p not in SPECIALS))
+    path = Path(out_dir) / "vocab.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(v + "\n" for v in vocab), encoding="utf-8")
+    extra = {"bos_token": "[CLS]", "eos_token": "[SEP]"} if bos_eos else {}
+    return BertTokenizerFast(vocab_file=str(path), **extra)
+
+
+@pytest.fixture(scope="session")
+def wordpiece(tmp_path_factory):
+    """A WordPiece tokenizer over :data:`CORPUS` with ``[CLS]`` as BOS and ``[SEP]`` as EOS."""
+    return wordpiece_tokenizer(CORPUS, tmp_path_factory.mktemp("wordpiece"))
