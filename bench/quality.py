@@ -44,11 +44,13 @@ def method_configs(max_steps: int, seed: int, modules: list[str] | None = None) 
     }
 
 
-def demo_modules(model, spec) -> list[str] | None:
-    """The modules the demo's own editors edit (every method edits the same ones)."""
+def demo_modules(model, spec, layers: int | None = None) -> list[str] | None:
+    """The modules every method edits: the MLP outputs of the last ``layers`` layers, by default
+    those the demo's own editors edit (``spec.edit_layers``; None: the library default)."""
     from editor_core.arch import last_layer_modules
 
-    return last_layer_modules(model, spec.edit_layers) if spec.edit_layers is not None else None
+    layers = layers if layers is not None else spec.edit_layers
+    return last_layer_modules(model, layers) if layers is not None else None
 
 
 def trained_editor(model, tok, train, val, cfg: TrainConfig, cache: Path, tag: str,
@@ -119,9 +121,18 @@ def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int,
     configs = method_configs(max_steps, seed, modules)
     if name == "untrained S=2":
         return untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
-    if name not in configs:
-        raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of {sorted(configs)}")
-    cfg = configs[name] if batch_size is None else replace(configs[name], batch_size=batch_size)
+    base_name, _, coef = name.partition(" reg=")  # e.g. "SMEdit S=2 L2 reg=0.01": another coefficient
+    if base_name not in configs:
+        raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of "
+                         f"{sorted(configs)}, optionally followed by ' reg=C'")
+    cfg = configs[base_name]
+    if coef:
+        try:
+            cfg = replace(cfg, reg_coef=float(coef))
+        except ValueError:
+            raise ValueError(f"method {name!r}: reg= wants a number") from None
+    if batch_size is not None:
+        cfg = replace(cfg, batch_size=batch_size)
     return trained_editor(model, tok, train, val, cfg, cache, tag, extra=extra, progress=progress).edit
 
 
@@ -136,6 +147,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--n-eval", type=int, default=128, help="held-out edits per setting")
     parser.add_argument("--quick", action="store_true", help="tiny demo, one seed, batch 16, 64 edits, 150 steps")
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (names as printed)")
+    parser.add_argument("--edit-layers", type=int, default=None,
+                        help="edit the MLP outputs of the last K layers instead of the demo editors' layers "
+                             "(results go to quality_<size>_layers<K>.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.batch_sizes, args.n_eval, args.max_steps = [0], [16], 64, 150
@@ -156,8 +170,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         methods = {"no-edit": NoEdit().edit}
         for bound in (0.01, 0.03, 0.1):  # FT-L's norm bound sets its success/locality trade-off
             methods[f"FT-L eps={bound}"] = FTLEditor(
-                model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=demo_modules(model, spec))).edit
-        configs = method_configs(args.max_steps, seed, demo_modules(model, spec))
+                model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=demo_modules(model, spec, args.edit_layers))).edit
+        configs = method_configs(args.max_steps, seed, demo_modules(model, spec, args.edit_layers))
         methods["untrained S=2"] = untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
         for name, cfg in configs.items():
             if args.methods and name not in args.methods:
@@ -179,8 +193,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 ["method", "n"] + COLUMNS, rows)
     from bench.plots import plot_quality
 
-    write_with_plots(f"quality_{args.size}", {
-        "size": args.size, "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
+    suffix = f"_layers{args.edit_layers}" if args.edit_layers is not None else ""
+    write_with_plots(f"quality_{args.size}{suffix}", {
+        "size": args.size, "edit_modules": demo_modules(model, spec, args.edit_layers), "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
         "n_eval_used": len(evaluation), "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
     }, plot_quality)
 

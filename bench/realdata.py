@@ -1,4 +1,4 @@
-"""Real-data suite: CounterFact edits on a small LM taught CounterFact's facts.
+"""Real-data suite: CounterFact (or zsRE) edits on a small LM taught the data set's true facts.
 
     python -m bench.realdata [--quick] [--data ../shared/data/counterfact/train.json] [--n-records 1000]
                              [--base scratch|minilm] [--minilm-dir DIR] [--full-vocab]
@@ -36,8 +36,15 @@ tokens whose argmax the edit left unchanged), ``cf_efficacy`` (P(new) > P(true) 
 JSON reports what the base model knows (exact match of the true answer) on the held-out records'
 prompts and paraphrases, on neighbourhood prompts, and on a control of records it never saw.
 
-Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``; ``<name>`` is ``cf<N>_<lm>`` for
-the from-scratch base, ``cf<N>_minilm_<lm>`` for MiniLM and the directory's name for ``--model-dir``.
+``--data`` also takes zsRE in MEND format (``../shared/data/zsre/train_mend.json``: true answer
+``answers[0]``, new target ``alt``, paraphrase ``rephrase``, neighbourhood an NQ question and its
+answer) or KnowEdit format (``test_knowedit.json``: the neighbourhood probes are the subject's other
+relations), and this project's JSONL with ``ground_truth``; only records with a true answer count.
+The ``cf_*`` columns are computed the same way on every data set.
+
+Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``; ``<name>`` is ``<data><N>_<lm>``
+for the from-scratch base (``<data>``: ``cf``, ``zsre``, ``knowedit``, ``jsonl``),
+``<data><N>_minilm_<lm>`` for MiniLM and the directory's name for ``--model-dir``.
 """
 
 from __future__ import annotations
@@ -92,8 +99,13 @@ def minilm_presets():
     }
 
 
+MAX_FACT_CHARS = 300  # longer facts would not fit the built models' 128 positions (one zsRE NQ probe)
+
+
 def true_fact_pairs(records) -> list[tuple[str, str]]:
-    """(prompt, true answer) pairs the base model learns: prompts, paraphrases, neighbourhood probes."""
+    """(prompt, true answer) pairs the base model learns: prompts, paraphrases, neighbourhood probes.
+
+    A pair longer than ``MAX_FACT_CHARS`` is left out (the model is then not expected to know it)."""
     pairs: list[tuple[str, str]] = []
     for r in records:
         if not r.ground_truth:
@@ -101,6 +113,7 @@ def true_fact_pairs(records) -> list[tuple[str, str]]:
         pairs.append((r.prompt, r.ground_truth))
         pairs += [(p, r.ground_truth) for p in r.paraphrases]
         pairs += [(p.prompt, p.answer) for p in r.locality if p.answer]
+    pairs = [(p, a) for p, a in pairs if len(p) + len(a) < MAX_FACT_CHARS]
     return list(dict.fromkeys(pairs))  # a neighbour may be another record's fact: learn it once
 
 
@@ -207,9 +220,22 @@ def knowledge(model, tok, records, control) -> dict:
     }
 
 
+def dataset_tag(path: Path) -> str:
+    """Short name of the file's format for result names: ``cf`` (CounterFact), ``zsre``, ``knowedit``, ``jsonl``."""
+    from editor_core.data import detect_format
+
+    if path.suffix.lower() == ".jsonl":
+        return "jsonl"
+    with open(path, encoding="utf-8") as f:
+        first = json.load(f)
+    fmt = detect_format(first[0]) if isinstance(first, list) and first else None
+    return {"counterfact": "cf", None: "data"}.get(fmt, fmt)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CounterFact (EasyEdit json) file")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="CounterFact (EasyEdit), zsRE (MEND or KnowEdit) or JSONL edits with true answers")
     parser.add_argument("--n-records", type=int, default=1000, help="records the base model learns (N)")
     parser.add_argument("--n-control", type=int, default=200, help="unseen records for the knowledge control")
     parser.add_argument("--model-dir", type=Path, default=None,
@@ -246,14 +272,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     from bench.quality import effective_batch, make_method, summarise
     from editor_core.arch import last_layer_modules, layer_count
-    from editor_core.data import load_counterfact, split_requests
+    from editor_core.data import DataFormatError, load_edits, split_requests
     from editor_core.evaluate import evaluate_editing
     from editor_core.models import load_model
 
     started = time.perf_counter()
     if not args.data.is_file():
-        parser.error(f"{args.data} not found (CounterFact in EasyEdit format; see ../shared/data/README.md)")
-    every = [r for r in load_counterfact(args.data) if r.ground_truth]
+        parser.error(f"{args.data} not found (CounterFact or zsRE; see ../shared/data/README.md)")
+    try:
+        loaded = load_edits(args.data, skip_blank_targets=True)
+    except DataFormatError as exc:
+        parser.error(str(exc))
+    every = [r for r in loaded if r.ground_truth]
+    if not every:
+        parser.error(f"{args.data}: no record has a true answer (ground_truth / answers) for the base model to learn")
+    dataset = dataset_tag(args.data)
     if len(every) < args.n_records:
         print(f"note: {args.data} has {len(every)} usable records; using all of them")
     records = every[: args.n_records]
@@ -270,10 +303,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             parser.error(str(exc))
         model_dir, pre_stats = build_minilm_model(records, records + control, args.data, args.lm, root, source,
                                                   args.pretrain_steps, cut_vocab=not args.full_vocab)
-        name = f"cf{len(records)}_minilm_{args.lm}"
+        name = f"{dataset}{len(records)}_minilm_{args.lm}"
     else:
         model_dir, pre_stats = build_base_model(records, args.data, args.lm, root, args.pretrain_steps)
-        name = f"cf{len(records)}_{args.lm}"
+        name = f"{dataset}{len(records)}_{args.lm}"
     model, tok = load_model(model_dir, device=args.device)
     layers = args.edit_layers or (None if args.model_dir is not None else layer_count(model))
     modules = last_layer_modules(model, layers) if layers else None
@@ -300,12 +333,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
                                                      "edit_s": report["timing"]["edit_seconds_mean"]})
     rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
-    print_table(f"CounterFact edits, {name}, {len(records)} records, seeds {args.seeds}",
+    print_table(f"real-data edits, {name}, {len(records)} records, seeds {args.seeds}",
                 ["method", "n"] + COLUMNS, rows)
     from bench.plots import plot_quality
 
     write_with_plots(f"realdata_{name}", {
-        "dataset": f"CounterFact {args.data.name}", "data": str(args.data), "n_records": len(records),
+        "dataset": f"{dataset} {args.data.name}", "data": str(args.data), "n_records": len(records),
         "model_dir": str(model_dir), "lm": None if args.model_dir is not None else args.lm,
         "base": None if args.model_dir is not None else args.base,
         "edit_modules": modules, "pretrain": None if pre_stats is None else

@@ -141,6 +141,35 @@ def test_realdata_suite_edits_a_given_model_dir(tiny_setup, results, tmp_path):
     assert not (results / "realdata").exists()  # nothing was built
 
 
+def test_realdata_suite_takes_zsre_mend_data(tiny_setup, results, tmp_path):
+    from bench.realdata import main
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    records = [{"subject": r.subject, "src": r.prompt, "alt": r.target, "answers": [r.ground_truth],
+                "rephrase": r.paraphrases[0], "loc": f"nq question: {r.locality[0].prompt}",
+                "loc_ans": r.locality[0].answer} for r in world.edit_requests("train", seed=0)[:20]]
+    records.append({"src": "What is nothing?", "alt": "x", "answers": [], "rephrase": "Nothing is?"})
+    (tmp_path / "zsre.json").write_text(json.dumps(records))
+    main(["--data", str(tmp_path / "zsre.json"), "--model-dir", str(tmp_path / "lm"), "--n-records", "20",
+          "--n-control", "0", "--max-steps", "1", "--n-eval", "4", "--batch-sizes", "4", "--no-generation",
+          "--methods", "no-edit"])
+    out = _load(results / "realdata_lm.json")
+    assert out["dataset"].startswith("zsre ") and out["n_records"] == 20  # the record without an answer is left out
+    assert out["results"][0]["mean"]["ls"] == 1.0  # no edit: the NQ-style neighbourhood answers stay
+    assert out["base_model"]["n_records"] == 4
+
+
+def test_realdata_suite_names_unreadable_data(tmp_path, capsys):
+    from bench.realdata import main
+
+    (tmp_path / "odd.json").write_text(json.dumps([{"question": "q", "answer": "a"}]))
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "odd.json"), "--model-dir", str(tmp_path)])
+    assert "cannot tell the format" in capsys.readouterr().err
+
+
 def test_evaluate_clamps_a_batch_larger_than_the_requests(tiny_setup, capsys):
     from bench.quality import effective_batch
     from editor_core.baselines import NoEdit
@@ -168,3 +197,19 @@ def test_peak_memory_sees_an_allocation():
     value, added = peak_memory_during(allocate)
     assert value == 2.0
     assert added > 32 * 2**20
+
+
+def test_a_method_name_can_carry_its_own_regulariser_coefficient(tiny_setup, tmp_path):
+    from bench.quality import make_method
+
+    model, tok, world = tiny_setup
+    train = world.edit_requests("train", seed=0)[:8]
+    common = dict(max_steps=1, seed=0, modules=None, cache=tmp_path, tag="t", progress=False, batch_size=4)
+    make_method("SMEdit S=2 L2 reg=0.05", model, tok, train, train[:2], **common)
+    make_method("SMEdit S=2 L2", model, tok, train, train[:2], **common)
+    coefs = sorted(json.loads(p.read_text())["train_config"]["reg_coef"] for p in tmp_path.glob("*/editor.json"))
+    assert coefs == [1e-3, 0.05]  # two editors, the default one and the named one
+    with pytest.raises(ValueError, match="reg= wants a number"):
+        make_method("SMEdit S=2 L2 reg=lots", model, tok, train, train[:2], **common)
+    with pytest.raises(ValueError, match="unknown method"):
+        make_method("SMEdit S=9 L2 reg=0.1", model, tok, train, train[:2], **common)
