@@ -60,7 +60,9 @@ def trained_editor(model, tok, train, val, cfg: TrainConfig, cache: Path, tag: s
     ``extra`` joins the cache key (e.g. ``{"fraction": 0.05}`` for low-data runs, or the data
     file of a real-data run); without it the key is the one earlier runs used.
     """
-    ident = {"cfg": asdict(cfg), "tag": tag, "n": len(train)}
+    from editor_core.hypernet import TRAINING_VERSION
+
+    ident = {"cfg": asdict(cfg), "tag": tag, "n": len(train), "training": TRAINING_VERSION}
     if extra:
         ident["extra"] = extra
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode())

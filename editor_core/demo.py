@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from editor_core.hypernet import TRAINING_VERSION
 from editor_core.pretrain import PretrainConfig, answer_hits, pretrain_lm
 from editor_core.world import WORLD_FORMAT_VERSION, World, generate_world
 
@@ -104,7 +105,7 @@ def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
 
 def _editor_key(spec: DemoSize) -> dict:
     """What the demo editors were trained with: other settings retrain them, not the model."""
-    return {"steps": spec.editor_steps, "edit_layers": spec.edit_layers}
+    return {"steps": spec.editor_steps, "edit_layers": spec.edit_layers, "training": TRAINING_VERSION}
 
 
 def _read_json(path: Path) -> dict | None:

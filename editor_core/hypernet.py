@@ -11,6 +11,11 @@ import math
 import torch
 from torch import nn
 
+# Bumped when a change alters what meta-training learns, so caches of trained editors (the demo's,
+# the benchmarks') retrain instead of reusing editors the old code made. 2: the blocks' gradient
+# fix (before it, only the step sizes, ridges and shifts of a hypernetwork ever trained).
+TRAINING_VERSION = 2
+
 
 class RunningNorm(nn.Module):
     """Feature-wise running mean/std (Welford), updated during meta-training only.
@@ -122,7 +127,9 @@ class LowRankBlock(nn.Module):
         nn.init.zeros_(self.shift.weight)
 
     def forward(self, x: torch.Tensor, module_idx: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(x @ self.A @ self.B + self.bias)
+        # clamp, not relu: at init the pre-activation is exactly 0, where relu's gradient is 0 and
+        # A, B, bias and scale would never receive one; clamp(min=0) passes it through at 0.
+        h = (x @ self.A @ self.B + self.bias).clamp(min=0)
         return x + self.scale(module_idx) * h + self.shift(module_idx)
 
 

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core import demo as demo_mod
 from editor_core.demo import DemoSize, build_demo, demo_paths
+from editor_core.hypernet import TRAINING_VERSION
 from editor_core.pretrain import (
     PretrainConfig,
     answer_accuracy,
@@ -148,7 +149,8 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     assert paths.has_editors and (paths.editor_dir / "editor.safetensors").is_file()
     assert [(c["n_steps"], c["reg"]) for c in calls] == [(2, "l2"), (1, "kl")]
     assert _mtimes(paths.model_dir) == model_before
-    assert json.loads(paths.stamp_json.read_text())["editors"] == {"steps": 200, "edit_layers": None}
+    assert json.loads(paths.stamp_json.read_text())["editors"] == {"steps": 200, "edit_layers": None,
+                                                                   "training": TRAINING_VERSION}
     assert "editors" in json.loads(paths.stats_json.read_text())
     build_demo(tmp_path, size="tiny", progress=False, train_editor=True)  # cached now
     assert len(calls) == 2

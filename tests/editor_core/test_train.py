@@ -78,6 +78,28 @@ def test_decoupled_backward_matches_end_to_end_autograd(tokenizer):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")
 
 
+def test_a_fresh_editor_trains_every_hypernetwork_parameter(tokenizer):
+    """At init the blocks are the identity (B = 0, bias = 0: the pre-activation is exactly 0).
+    Their nonlinearity must still pass a gradient there, or A, B, bias and scale never train and
+    the "hypernetwork" is a learned step size (a bug the perturbed test above could not see)."""
+    torch.manual_seed(0)
+    model = build_tiny("gpt2", len(tokenizer))
+    cfg = TrainConfig(n_steps=2, reg="l2", rank=4, init_lr=0.5, batch_size=2)
+    editor = SMEditor(model, tokenizer, cfg.editor_config())
+    train_step(editor, REQUESTS, cfg, _ZeroLR(editor.parameters()))
+    dead = [n for n, p in editor.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    # A and scale act through B @ ... = 0 at init: they start moving once B has; all else at once
+    assert [n for n in dead if not n.endswith((".A", ".scale.weight"))] == []
+    assert any(n.endswith(".B") for n, _ in editor.named_parameters())
+    editor.zero_grad(set_to_none=True)
+    opt = torch.optim.Adam(editor.parameters(), lr=1e-3)
+    for _ in range(2):
+        train_step(editor, REQUESTS, cfg, opt)
+    train_step(editor, REQUESTS, cfg, _ZeroLR(editor.parameters()))
+    dead = [n for n, p in editor.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert dead == []
+
+
 def test_kl_step_runs_and_needs_locality_answers(tokenizer):
     model = build_tiny("gpt2", len(tokenizer))
     cfg = TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, rank=4, init_lr=0.5, batch_size=2)
