@@ -22,6 +22,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from editor_core.types import EditRequest
+
 CORPUS = [
     "The capital of France is Paris.",
     "The price of the Zorvex 300 is 49 dollars.",
@@ -105,3 +107,20 @@ def wordpiece_tokenizer(texts, out_dir, n_words: int = 60, bos_eos: bool = True)
 def wordpiece(tmp_path_factory):
     """A WordPiece tokenizer over :data:`CORPUS` with ``[CLS]`` as BOS and ``[SEP]`` as EOS."""
     return wordpiece_tokenizer(CORPUS, tmp_path_factory.mktemp("wordpiece"))
+
+
+# Edits the editor tests share: a paraphrased fact, a multi-token value, a Q/A-style prompt.
+EDIT_REQUESTS = [
+    EditRequest("The capital of France is", "Rome", paraphrases=("France's capital is",)),
+    EditRequest("The price of the Zorvex 300 is", "12 dollars"),
+    EditRequest("Q: Who designed the Quillo lamp? A:", "Ada Brandt"),
+]
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """A copy of every tensor of ``model``'s state, to compare bits with after an edit."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_bits(model, saved: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())

@@ -15,21 +15,9 @@ from editor_core.editor import EditorConfig, SMEditor
 from editor_core.metrics import greedy_answers, greedy_keeps, greedy_token_ids
 from editor_core.tokens import leading_ids, pair_batch, prompt_ids
 from editor_core.types import EditRequest
-from tests.editor_core.conftest import CORPUS, build_tiny, wordpiece_tokenizer
+from tests.editor_core.conftest import CORPUS, EDIT_REQUESTS as REQUESTS, build_tiny, same_bits as _same_bits
+from tests.editor_core.conftest import snapshot as _snapshot, wordpiece_tokenizer
 
-REQUESTS = [
-    EditRequest("The capital of France is", "Rome", paraphrases=("France's capital is",)),
-    EditRequest("The price of the Zorvex 300 is", "12 dollars"),
-    EditRequest("Q: Who designed the Quillo lamp? A:", "Ada Brandt"),
-]
-
-
-def _snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same_bits(model, snapshot) -> bool:
-    return all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
 
 
 def test_bert_edits_the_mlp_outputs_of_its_last_layers(wordpiece):

@@ -13,21 +13,9 @@ from editor_core.solve import shift_dense, solve_shift
 from editor_core.state import WeightState
 from editor_core.tokens import pair_batch, split_pair, target_nll
 from editor_core.types import EditRequest
-from tests.editor_core.conftest import FAMILIES, build_tiny
+from tests.editor_core.conftest import EDIT_REQUESTS as REQUESTS, FAMILIES, build_tiny
+from tests.editor_core.conftest import same_bits as _same_bits, snapshot as _snapshot
 
-REQUESTS = [
-    EditRequest("The capital of France is", "Rome", paraphrases=("France's capital is",)),
-    EditRequest("The price of the Zorvex 300 is", "12 dollars"),
-    EditRequest("Q: Who designed the Quillo lamp? A:", "Ada Brandt"),
-]
-
-
-def _snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same_bits(model, snapshot) -> bool:
-    return all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
