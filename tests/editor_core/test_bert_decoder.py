@@ -14,7 +14,6 @@ from editor_core.arch import default_modules, get_module
 from editor_core.editor import EditorConfig, SMEditor
 from editor_core.metrics import greedy_answers, greedy_keeps, greedy_token_ids
 from editor_core.tokens import leading_ids, pair_batch, prompt_ids
-from editor_core.types import EditRequest
 from tests.editor_core.conftest import CORPUS, EDIT_REQUESTS as REQUESTS, build_tiny, same_bits as _same_bits
 from tests.editor_core.conftest import snapshot as _snapshot, wordpiece_tokenizer
 

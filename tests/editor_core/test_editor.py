@@ -12,7 +12,6 @@ from editor_core.editor import CheckpointMismatchError, EditorConfig, SMEditor
 from editor_core.solve import shift_dense, solve_shift
 from editor_core.state import WeightState
 from editor_core.tokens import pair_batch, split_pair, target_nll
-from editor_core.types import EditRequest
 from tests.editor_core.conftest import EDIT_REQUESTS as REQUESTS, FAMILIES, build_tiny
 from tests.editor_core.conftest import same_bits as _same_bits, snapshot as _snapshot
 
