@@ -114,6 +114,7 @@ def submit_and_wait(c: httpx.Client, request: Any) -> tuple[float, dict[str, Any
 
 def random_model(shape: str, tokenizer_dir: Path, progress: bool = True) -> tuple[Path, Path]:
     """A random GPT-2 of ``LAYERSxWIDTH`` with the demo tokenizer and an untrained S=2 editor (cached)."""
+    import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from bench.common import results_dir
@@ -131,8 +132,6 @@ def random_model(shape: str, tokenizer_dir: Path, progress: bool = True) -> tupl
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64),
                         n_positions=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    import torch
-
     torch.manual_seed(0)
     GPT2LMHeadModel(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -271,24 +271,14 @@ def pretrain_lm(
     (on ``eval_pairs``; ``None`` without any), n_params, stopped (why training ended).
     """
     cfg = config or PretrainConfig()
-    out_dir = Path(out_dir)
-    if not texts:
-        raise ValueError("no texts to train on")
-    if eval_pairs is None:
-        eval_pairs = [t for t in texts if not isinstance(t, str)]
-    eval_pairs = list(eval_pairs)
 
-    old_threads = torch.get_num_threads()
-    try:
-        start_time = time.perf_counter()
-        torch.manual_seed(cfg.seed)
+    def build() -> tuple[nn.Module, PreTrainedTokenizerBase]:
         plain = [t if isinstance(t, str) else f"{t[0]} {t[1].strip()}" for t in texts]
         tok = train_tokenizer(plain, cfg.vocab_size, cfg.min_frequency)
         tok.model_max_length = cfg.n_positions
-        model = build_model(cfg, tok)
-        return _train(model, tok, texts, out_dir, cfg, progress, eval_pairs, start_time, "pretrain")
-    finally:
-        torch.set_num_threads(old_threads)
+        return build_model(cfg, tok), tok
+
+    return _run(texts, Path(out_dir), cfg, progress, eval_pairs, "pretrain", build)
 
 
 def finetune_lm(
@@ -307,19 +297,30 @@ def finetune_lm(
     parameter of ``model`` is trained (it is switched to train mode and gradients are enabled), on
     the CPU or wherever ``model`` lives. ``tok`` needs an EOS token, which ends every text.
     """
-    cfg = config or PretrainConfig()
-    if not texts:
-        raise ValueError("no texts to train on")
     if tok.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: set tok.eos_token (BERT-style: '[SEP]')")
+
+    def build() -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        model.requires_grad_(True)
+        return model, tok
+
+    return _run(texts, Path(out_dir), config or PretrainConfig(), progress, eval_pairs, "finetune", build)
+
+
+def _run(texts: Sequence[TextOrPair], out_dir: Path, cfg: PretrainConfig, progress: bool,
+         eval_pairs: Sequence[tuple[str, str]] | None, desc: str,
+         build: Callable[[], tuple[nn.Module, PreTrainedTokenizerBase]]) -> dict:
+    """Seed, build (model, tokenizer) after seeding, train; the thread count is restored after."""
+    if not texts:
+        raise ValueError("no texts to train on")
     if eval_pairs is None:
         eval_pairs = [t for t in texts if not isinstance(t, str)]
     old_threads = torch.get_num_threads()
     try:
         start_time = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        model.requires_grad_(True)
-        return _train(model, tok, texts, Path(out_dir), cfg, progress, list(eval_pairs), start_time, "finetune")
+        model, tok = build()
+        return _train(model, tok, texts, out_dir, cfg, progress, list(eval_pairs), start_time, desc)
     finally:
         torch.set_num_threads(old_threads)
 

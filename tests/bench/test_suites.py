@@ -22,8 +22,10 @@ def fake_demo(tiny_setup, monkeypatch, tmp_path):
         return SimpleNamespace(root=tmp_path / "demo"), model, tok, world
 
     import bench.lowdata
+    import bench.quality
     import bench.sequential
 
+    monkeypatch.setattr(bench.quality, "demo_world_model", demo_world_model)
     monkeypatch.setattr(bench.sequential, "demo_world_model", demo_world_model)
     monkeypatch.setattr(bench.lowdata, "demo_world_model", demo_world_model)
     return tiny_setup
@@ -213,3 +215,58 @@ def test_a_method_name_can_carry_its_own_regulariser_coefficient(tiny_setup, tmp
         make_method("SMEdit S=2 L2 reg=lots", model, tok, train, train[:2], **common)
     with pytest.raises(ValueError, match="unknown method"):
         make_method("SMEdit S=9 L2 reg=0.1", model, tok, train, train[:2], **common)
+
+
+def test_quality_edit_layers_edits_those_layers_and_writes_its_own_file(fake_demo, results):
+    from bench.quality import main
+    from editor_core.arch import last_layer_modules
+
+    model = fake_demo[0]
+    args = ["--size", "tiny", "--seeds", "0", "--batch-sizes", "2", "--n-eval", "4", "--methods", "no-edit",
+            "FT-L eps=0.1"]
+    main(args + ["--edit-layers", "1"])
+    main(args)
+    one, default = _load(results / "quality_tiny_layers1.json"), _load(results / "quality_tiny.json")
+    assert one["edit_modules"] == last_layer_modules(model, 1)
+    assert default["edit_modules"] == last_layer_modules(model, 2)  # the tiny demo's own editors' layers
+    assert {r["method"] for r in one["results"]} == {"no-edit", "FT-L eps=0.1"}
+
+
+def test_serving_random_model_builds_a_loadable_model_and_editor(tiny_setup, results, tmp_path):
+    from bench.serving import random_model
+    from editor_core.editor import SMEditor
+    from editor_core.models import load_model
+
+    tok = tiny_setup[1]
+    tok.save_pretrained(tmp_path / "tok")
+    model_dir, editor_dir = random_model("1x32", tmp_path / "tok", progress=False)
+    model, loaded_tok = load_model(model_dir, device="cpu")
+    assert model.config.n_layer == 1 and model.config.n_embd == 32 and len(loaded_tok) == len(tok)
+    editor = SMEditor.load(editor_dir, model, loaded_tok)
+    assert editor.config.n_steps == 2
+    assert random_model("1x32", tmp_path / "absent", progress=False) == (model_dir, editor_dir)  # cached
+    with pytest.raises(SystemExit, match="LAYERSxWIDTH"):
+        random_model("1by32", tmp_path / "tok")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model-dir", "m"], "--model-dir and --editor-dir go together"),
+    (["--model-dir", "m", "--editor-dir", "e", "--random-model", "2x64"], "exclude each other"),
+])
+def test_serving_rejects_inconsistent_model_options(argv, message, capsys):
+    from bench.serving import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_realdata_leaves_facts_too_long_for_the_model_out_of_the_corpus():
+    from bench.realdata import MAX_FACT_CHARS, true_fact_pairs
+    from editor_core.types import EditRequest, LocalityProbe
+
+    long_answer = "x" * MAX_FACT_CHARS
+    records = [EditRequest("Q1?", "new", paraphrases=("Q1 again?",), ground_truth="a1",
+                           locality=(LocalityProbe("NQ?", long_answer), LocalityProbe("Short?", "yes")))]
+    pairs = true_fact_pairs(records)
+    assert pairs == [("Q1?", "a1"), ("Q1 again?", "a1"), ("Short?", "yes")]
