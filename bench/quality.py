@@ -44,6 +44,10 @@ def method_configs(max_steps: int, seed: int, modules: list[str] | None = None) 
     }
 
 
+DEFAULT_METHODS = ["no-edit", "FT-L eps=0.01", "FT-L eps=0.03", "FT-L eps=0.1", "untrained S=2", "MALMEN S=1 KL",
+                   "SMEdit S=1 L2", "SMEdit S=2 L2", "SMEdit S=3 L2"]
+
+
 def demo_modules(model, spec, layers: int | None = None) -> list[str] | None:
     """The modules every method edits: the MLP outputs of the last ``layers`` layers, by default
     those the demo's own editors edit (``spec.edit_layers``; None: the library default)."""
@@ -105,6 +109,30 @@ def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
     return editor
 
 
+# Options a method name may end with, e.g. "SMEdit S=2 L2 reg=5e-4 max_steps=400": TrainConfig
+# fields (``reg=C`` sets the coefficient, as the L2/KL choice is part of the method's name).
+OPTION_FIELDS = ("reg", "meta_lr", "rank", "n_blocks", "max_steps", "batch_size", "init_lr", "l2_metric",
+                 "precondition")
+
+
+def split_options(name: str) -> tuple[str, dict]:
+    """``"SMEdit S=2 L2 reg=5e-4 meta_lr=3e-3"`` -> ``("SMEdit S=2 L2", {"reg_coef": 5e-4, "meta_lr": 3e-3})``."""
+    from dataclasses import fields
+
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    words = name.split(" ")
+    overrides: dict = {}
+    while words and "=" in words[-1] and words[-1].split("=", 1)[0] in OPTION_FIELDS:
+        key, value = words.pop().split("=", 1)
+        field = "reg_coef" if key == "reg" else key
+        kind = str(types[field])
+        try:
+            overrides[field] = int(value) if kind == "int" else value if kind == "str" else float(value)
+        except ValueError:
+            raise ValueError(f"method {name!r}: {key}= wants a number, got {value!r}") from None
+    return " ".join(words), overrides
+
+
 def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int, modules: list[str] | None,
                 cache: Path, tag: str, extra: dict | None = None, batch_size: int | None = None,
                 progress: bool = True):
@@ -120,19 +148,15 @@ def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int,
     if name.startswith("FT-L eps="):
         bound = float(name.split("=", 1)[1])
         return FTLEditor(model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=modules)).edit
+    base_name, overrides = split_options(name)
     configs = method_configs(max_steps, seed, modules)
-    if name == "untrained S=2":
+    if base_name == "untrained S=2" and not overrides:
         return untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
-    base_name, _, coef = name.partition(" reg=")  # e.g. "SMEdit S=2 L2 reg=0.01": another coefficient
     if base_name not in configs:
         raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of "
-                         f"{sorted(configs)}, optionally followed by ' reg=C'")
-    cfg = configs[base_name]
-    if coef:
-        try:
-            cfg = replace(cfg, reg_coef=float(coef))
-        except ValueError:
-            raise ValueError(f"method {name!r}: reg= wants a number") from None
+                         f"{sorted(configs)}, optionally followed by options such as ' reg=C' "
+                         f"(any of {', '.join(OPTION_FIELDS)})")
+    cfg = replace(configs[base_name], **overrides)
     if batch_size is not None:
         cfg = replace(cfg, batch_size=batch_size)
     return trained_editor(model, tok, train, val, cfg, cache, tag, extra=extra, progress=progress).edit
@@ -148,7 +172,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--n-eval", type=int, default=128, help="held-out edits per setting")
     parser.add_argument("--quick", action="store_true", help="tiny demo, one seed, batch 16, 64 edits, 150 steps")
-    parser.add_argument("--methods", nargs="*", default=None, help="only these methods (names as printed)")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="only these methods (names as printed), each optionally followed by training "
+                             "options, e.g. 'SMEdit S=2 L2 reg=5e-4 max_steps=400'")
     parser.add_argument("--edit-layers", type=int, default=None,
                         help="edit the MLP outputs of the last K layers instead of the demo editors' layers "
                              "(results go to quality_<size>_layers<K>.json)")
@@ -169,19 +195,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         evaluation = world.edit_requests("eval", seed=seed)[: args.n_eval]
         if len(evaluation) < args.n_eval:
             print(f"note: the '{args.size}' world has {len(evaluation)} held-out edits (asked for {args.n_eval})")
-        methods = {"no-edit": NoEdit().edit}
-        for bound in (0.01, 0.03, 0.1):  # FT-L's norm bound sets its success/locality trade-off
-            methods[f"FT-L eps={bound}"] = FTLEditor(
-                model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=demo_modules(model, spec, args.edit_layers))).edit
-        configs = method_configs(args.max_steps, seed, demo_modules(model, spec, args.edit_layers))
-        methods["untrained S=2"] = untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
-        for name, cfg in configs.items():
-            if args.methods and name not in args.methods:
-                continue
-            methods[name] = trained_editor(model, tok, train, val, cfg, cache, f"{args.size}-{paths.root}").edit
+        modules = demo_modules(model, spec, args.edit_layers)
+        names = args.methods or DEFAULT_METHODS
+        methods = {name: make_method(name, model, tok, train, val, max_steps=args.max_steps, seed=seed,
+                                     modules=modules, cache=cache, tag=f"{args.size}-{paths.root}")
+                   for name in names}
         for name, edit_fn in methods.items():
-            if args.methods and name not in args.methods:
-                continue
             for n in args.batch_sizes:
                 n_eff = effective_batch(n, len(evaluation))
                 report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff, generation=True)

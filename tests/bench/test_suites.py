@@ -217,6 +217,16 @@ def test_a_method_name_can_carry_its_own_regulariser_coefficient(tiny_setup, tmp
         make_method("SMEdit S=9 L2 reg=0.1", model, tok, train, train[:2], **common)
 
 
+def test_method_options_parse_into_train_config_fields():
+    from bench.quality import split_options
+
+    assert split_options("SMEdit S=2 L2 reg=5e-4 meta_lr=3e-3 max_steps=400 l2_metric=key") == (
+        "SMEdit S=2 L2", {"reg_coef": 5e-4, "meta_lr": 3e-3, "max_steps": 400, "l2_metric": "key"})
+    assert split_options("FT-L eps=0.03") == ("FT-L eps=0.03", {})  # eps is FT-L's own, not an option
+    with pytest.raises(ValueError, match="max_steps= wants a number"):
+        split_options("SMEdit S=2 L2 max_steps=1.5")
+
+
 def test_quality_edit_layers_edits_those_layers_and_writes_its_own_file(fake_demo, results):
     from bench.quality import main
     from editor_core.arch import last_layer_modules
