@@ -31,7 +31,7 @@ from editor_core.types import EditRequest, LocalityProbe
 
 log = logging.getLogger("app.engine")
 
-__all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "Engine", "EditMeasure", "GenerateResult", "ProbeResult"]
+__all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "Engine", "EditMeasure", "GenerateResult", "Measurement", "ProbeResult"]
 
 
 class ContextTooLong(ValueError):
@@ -64,6 +64,15 @@ class EditMeasure:
             if isinstance(value, float) and math.isnan(value):
                 out[key] = None
         return out
+
+
+@dataclass
+class Measurement:
+    """The gate's view of one candidate state: each edit's numbers, and per canary whether it
+    kept its answer (the worker's reference for the next edit, if this state is committed)."""
+
+    edits: list[EditMeasure]
+    canary_kept: list[bool]
 
 
 @dataclass
@@ -112,8 +121,8 @@ class Engine:
         self._version_cond = threading.Condition()
         self._progress = 0  # bumped after every job batch the local worker finishes
         self.live_version: int | None = None
-        self.live_hash: str = self.state.weights_hash()
-        self.base_hash: str = self.live_hash
+        self.base_hash: str = self.state.weights_hash()
+        self.live_hash: str | None = self.base_hash
         self.active_ids: list[int] = []
         config = self.model.config
         self.context: int | None = getattr(config, "n_positions", None) or getattr(
@@ -152,14 +161,16 @@ class Engine:
         with self.lock:
             yield
 
-    def set_state(self, deltas: Sequence[Delta]) -> str:
-        """Make the weights exactly base + deltas (in order) and return their hash."""
+    def set_state(self, deltas: Sequence[Delta], digest: bool = True) -> str | None:
+        """Make the weights exactly base + deltas (in order) and return their hash (``digest``)."""
         with self.lock:
             self.state.set_active(list(deltas))
-            return self.state.weights_hash()
+            return self.state.weights_hash() if digest else None
 
-    def mark_live(self, version: int, active_ids: Sequence[int], weights_hash: str) -> None:
-        """Announce locally that the current weights are ``version`` (wakes min_version waiters)."""
+    def mark_live(self, version: int, active_ids: Sequence[int], weights_hash: str | None) -> None:
+        """Announce locally that the current weights are ``version`` (wakes min_version waiters).
+
+        ``weights_hash=None``: not computed yet (the caller hashes after waking the waiters)."""
         with self._version_cond:
             self.live_version = version
             self.active_ids = list(active_ids)
@@ -167,10 +178,20 @@ class Engine:
             self._version_cond.notify_all()
 
     def materialize(self, version: int, active: Sequence[tuple[int, Delta]]) -> str:
-        """Switch to ``version`` = base + the given (id, delta) pairs; returns the weights hash."""
+        """Switch to ``version`` = base + the given (id, delta) pairs; returns the weights hash.
+
+        The version is marked live before its weights are hashed: waiters do not wait for the
+        hash (tens of ms on a 100M model), and the weights cannot change in between (the lock)."""
         with self.lock:
-            digest = self.set_state([d for _, d in active])
-            self.mark_live(version, [i for i, _ in active], digest)
+            self.set_state([d for _, d in active], digest=False)
+            self.mark_live(version, [i for i, _ in active], None)
+            return self.record_live_hash()
+
+    def record_live_hash(self) -> str:
+        """Hash the live weights and remember it as the live version's hash."""
+        with self.lock:
+            digest = self.state.weights_hash()
+            self.live_hash = digest
             return digest
 
     def weights_hash(self) -> str:
@@ -228,44 +249,50 @@ class Engine:
         self,
         requests: Sequence[EditRequest],
         candidate: Sequence[Delta],
-        restore: Sequence[Delta],
+        restore: Sequence[Delta] | None,
         canaries: Sequence[str] = (),
         canary_reference: Sequence[Sequence[int]] = (),
-    ) -> list[EditMeasure]:
-        """Score each request on the weights ``base + candidate``, then go back to ``base + restore``.
+    ) -> Measurement:
+        """Score each request on the weights ``base + candidate``, then go to ``base + restore``.
 
-        Both states are rebuilt by ``WeightState`` from the fp32 masters, so measuring leaves the
-        live weights bit-identical. The canary fraction is a property of the whole candidate
-        state, so every request of the batch gets the same value.
+        ``restore=None`` leaves the candidate state in place: the worker about to commit it saves
+        two rebuilds of the edited weights (tens of ms on a 100M model); it must put the
+        committed state back itself if it does not commit. If measuring fails, the state before
+        the call comes back. Both states are rebuilt by ``WeightState`` from the fp32 masters, so
+        the live weights' bits never drift. The canary fraction is a property of the whole
+        candidate state, so every request of the batch gets the same value.
 
-        Everything is teacher-forced, one forward pass per group: "greedy decoding gives the
-        target" (``es_gen``/``gs_gen``) holds exactly when every target token is the argmax given
-        the tokens before it, and a canary keeps its answer exactly when its reference answer ids
-        (end-of-text included) stay the argmax at every position. No decoding loop runs here.
+        Everything is teacher-forced, in one forward pass (:func:`editor_core.metrics.gate_scores`):
+        "greedy decoding gives the target" (``es_gen``/``gs_gen``) holds exactly when every target
+        token is the argmax given the tokens before it, and a canary keeps its answer exactly when
+        its reference answer ids (end-of-text included) stay the argmax at every position.
         """
         requests = list(requests)
         with self.lock:
+            before = list(self.state.active)
             # every request's locality probes in one batch, split back by request afterwards
             probes = [p for r in requests for p in r.locality]
             loc_ref = ec_metrics.locality_reference(self.model, self.tokenizer, probes) if probes else None
             self.state.set_active(list(candidate))
             try:
-                scores = ec_metrics.score_requests(self.model, self.tokenizer, requests, generation=False)
+                scores, kept = ec_metrics.gate_scores(
+                    self.model, self.tokenizer, requests, list(canaries), list(canary_reference)
+                )
                 per_probe = ec_metrics.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
-                locality: list[float | None] = []
-                cursor = 0
-                for r in requests:
-                    k = len(r.locality)
-                    locality.append(_mean(per_probe[cursor : cursor + k]) if k else None)
-                    cursor += k
-                changed: list[str] = []
-                if canaries:
-                    kept = ec_metrics.greedy_keeps(self.model, self.tokenizer, list(canaries), list(canary_reference))
-                    changed = [p for p, k in zip(canaries, kept) if not k]
-            finally:
+            except BaseException:
+                self.state.set_active(before)
+                raise
+            if restore is not None:
                 self.state.set_active(list(restore))
+        locality: list[float | None] = []
+        cursor = 0
+        for r in requests:
+            k = len(r.locality)
+            locality.append(_mean(per_probe[cursor : cursor + k]) if k else None)
+            cursor += k
+        changed = [p for p, k in zip(canaries, kept) if not k]
         frac = len(changed) / len(canaries) if canaries else None
-        return [
+        edits = [
             EditMeasure(
                 es=s.es, es_exact=s.es_exact, es_first=s.es_first, es_gen=s.es_exact,
                 gs=s.gs, gs_exact=s.gs_exact, gs_gen=s.gs_exact, locality=loc,
@@ -273,6 +300,7 @@ class Engine:
             )
             for s, loc in zip(scores, locality)
         ]
+        return Measurement(edits=edits, canary_kept=kept)
 
     # ---- inference --------------------------------------------------------------------------
     def generate(

@@ -103,7 +103,9 @@ class Version(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(16))  # base, edit, revert, restore
     active_deltas: Mapped[list[int]] = mapped_column(JSON)
-    weights_hash: Mapped[str] = mapped_column(String(64))
+    # sha256 of the edited weights; NULL for a moment after an edit version goes live (the worker
+    # records it right after), or until the writer next replays it if it crashed in between
+    weights_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -312,7 +312,7 @@ def create_version(
     session: Session,
     kind: str,
     active_deltas: Sequence[int],
-    weights_hash: str,
+    weights_hash: str | None,
     job_id: int | None = None,
     created_by: str | None = None,
     note: str | None = None,
@@ -386,3 +386,13 @@ def edits_in_deltas(session: Session, delta_ids: Sequence[int]) -> dict[int, int
         for eid in row.edit_ids:
             out[int(eid)] = row.id
     return out
+
+
+def record_weights_hash(session: Session, number: int, weights_hash: str) -> bool:
+    """Store the hash of a version committed without one (see ``Worker._record_hash``); a hash
+    already there is kept. Returns whether a row was filled."""
+    row = session.get(Version, number)
+    if row is None or row.weights_hash is not None:
+        return False
+    row.weights_hash = weights_hash
+    return True

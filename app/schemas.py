@@ -162,7 +162,10 @@ class VersionOut(BaseModel):
     kind: str
     created_at: datetime
     active_deltas: list[int]
-    weights_hash: str
+    weights_hash: str | None = Field(
+        description="sha256 of the edited weights in this version; null for the moment after an edit "
+        "version goes live, until the worker has recorded it"
+    )
     job_id: int | None
     created_by: str | None
     note: str | None

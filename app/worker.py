@@ -112,6 +112,12 @@ def _bootstrap_and_replay(
         active = cache.get_many(s, latest.active_deltas)
         number, stored_hash = latest.number, latest.weights_hash
     digest = engine.materialize(number, active)
+    if stored_hash is None:  # committed, then the writer stopped before recording its hash
+        if writer:
+            with session_scope(sessions) as s:
+                repo.record_weights_hash(s, number, digest)
+            log.info("recorded the weights hash of the replayed version", extra={"version": number})
+        return {"version": number, "weights_hash": digest, "stored_hash": None, "match": None}
     result = {"version": number, "weights_hash": digest, "stored_hash": stored_hash, "match": digest == stored_hash}
     if digest != stored_hash:
         log.error("replayed weights differ from the committed hash", extra=result)
@@ -151,7 +157,9 @@ class Worker:
         self.leader_terms = 0  # how many times this worker became the writer
         self._lease_checked = 0.0
         self._last_sweep = 0.0
-        self._canary_ref: tuple[tuple[int, ...], list[list[int]]] | None = None
+        # canaries' reference answers: (active delta ids they hold for, answers, stale indices)
+        self._canary_ref: tuple[tuple[int, ...], list[list[int]], list[int]] | None = None
+        self._last_canary_kept: list[bool] = []  # of the state the last gate round measured
         import os
         import socket
 
@@ -276,7 +284,7 @@ class Worker:
         return False
 
     def _take_over(self) -> None:
-        self._resync()
+        self._resync(record_hash=True)
         self.recover()
         self.is_leader = True
         self.leader_terms += 1
@@ -464,8 +472,10 @@ class Worker:
         finally:
             request_id_var.reset(token)
 
-    def _resync(self, only_if_newer: bool = False) -> None:
-        """Put the model on the latest committed version (after a failure mid-job, or as standby)."""
+    def _resync(self, only_if_newer: bool = False, record_hash: bool = False) -> None:
+        """Put the model on the latest committed version (after a failure mid-job, or as standby).
+
+        ``record_hash``: a new writer stores the hash its predecessor may have died before storing."""
         with session_scope(self.sessions) as s:
             latest = repo.latest_version(s)
             if latest is None:
@@ -473,8 +483,11 @@ class Worker:
             if only_if_newer and self.engine.live_version is not None and latest.number <= self.engine.live_version:
                 return
             active = self.cache.get_many(s, latest.active_deltas)
-            number = latest.number
-        self.engine.materialize(number, active)
+            number, missing = latest.number, latest.weights_hash is None
+        digest = self.engine.materialize(number, active)
+        if record_hash and missing:
+            with session_scope(self.sessions) as s:
+                repo.record_weights_hash(s, number, digest)
 
     def _current(self, s: Session) -> tuple[int, list[tuple[int, Delta]]]:
         latest = repo.latest_version(s)
@@ -499,6 +512,8 @@ class Worker:
             edits = {e.id: e for e in repo.get_edits(s, [e for _, e in todo])}
             requests = {eid: make_request(e.prompt, e.target, e.paraphrases, e.locality) for eid, e in edits.items()}
             approved = {eid for eid, e in edits.items() if e.approved}
+            if todo:  # only this worker creates versions: the latest cannot move before the commit
+                base_version, active = self._current(s)
         if not todo:
             return
         for _ in todo:
@@ -506,8 +521,6 @@ class Worker:
         edit_ids = [eid for _, eid in todo]
 
         with self.engine.exclusive():
-            with session_scope(self.sessions) as s:
-                base_version, active = self._current(s)
             active_deltas = [d for _, d in active]
             if not self.settings.gate_enabled:
                 # no gate: one delta for the whole batch, committed without measuring
@@ -550,24 +563,38 @@ class Worker:
                     base_version, active, delta if good else None, good, bad, measures, failures, compute_s,
                     [(job_id, eid) for job_id, eid in todo if eid in group],
                 )
+                if good:  # the last gate round measured exactly the committed state
+                    self._advance_canary_reference(self._last_canary_kept)
 
     def _canary_reference(self, active: list[tuple[int, Delta]]) -> list[list[int]]:
         """The canaries' answers on the current state, cached per active delta list (the state
         they depend on). When the state moved on, one teacher-forced pass finds the canaries
-        whose answer it kept; only the others are decoded again."""
+        whose answer it kept; only the others are decoded again. After a gated commit the gate's
+        own pass already told which canaries changed (:meth:`_advance_canary_reference`), so
+        the next edit skips that pass."""
         key = tuple(i for i, _ in active)
         if self._canary_ref is None:
-            self._canary_ref = (key, self.engine.canary_answers(self.canaries, self.settings.canary_tokens))
+            self._canary_ref = (key, self.engine.canary_answers(self.canaries, self.settings.canary_tokens), [])
         elif self._canary_ref[0] != key:
-            reference = list(self._canary_ref[1])
+            reference = self._canary_ref[1]
             kept = self.engine.canaries_kept(self.canaries, reference)
-            redo = [i for i, k in enumerate(kept) if not k]
-            if redo:
-                fresh = self.engine.canary_answers([self.canaries[i] for i in redo], self.settings.canary_tokens)
-                for i, ids in zip(redo, fresh):
-                    reference[i] = ids
-            self._canary_ref = (key, reference)
-        return list(self._canary_ref[1])
+            self._canary_ref = (key, reference, [i for i, k in enumerate(kept) if not k])
+        key, reference, stale = self._canary_ref
+        if stale:
+            reference = list(reference)
+            fresh = self.engine.canary_answers([self.canaries[i] for i in stale], self.settings.canary_tokens)
+            for i, ids in zip(stale, fresh):
+                reference[i] = ids
+            self._canary_ref = (key, reference, [])
+        return list(reference)
+
+    def _advance_canary_reference(self, kept: list[bool]) -> None:
+        """The state just committed is the one the gate measured: the canaries it reported kept
+        still answer as in the reference; the others are marked for decoding."""
+        if self._canary_ref is None or len(kept) != len(self.canaries):
+            return
+        stale = sorted(set(self._canary_ref[2]) | {i for i, k in enumerate(kept) if not k})
+        self._canary_ref = (tuple(self.engine.active_ids), self._canary_ref[1], stale)
 
     def _gate_round(
         self,
@@ -586,9 +613,10 @@ class Worker:
         delta = self.engine.compute(reqs)
         compute_s = time.perf_counter() - t0
         self.metrics.compute_latency.observe(compute_s)
-        measured = self.engine.measure(
-            reqs, active + [delta], active, self.canaries, reference
-        )
+        # The candidate state stays in place: committed as is when every edit passes.
+        measurement = self.engine.measure(reqs, active + [delta], None, self.canaries, reference)
+        measured = measurement.edits
+        self._last_canary_kept = measurement.canary_kept
         measures = dict(zip(candidates, measured))
         failures: dict[int, list[str]] = {}
         for eid, m in measures.items():
@@ -599,10 +627,13 @@ class Worker:
         if batch_canary:
             suspects = [e for e in candidates if e not in failures and e not in approved]
             if len(candidates) > 1 and suspects:
+                self.engine.set_state(active, digest=False)  # not committed: back to the committed state
                 return delta, compute_s, [], measures, failures, True
             for eid in suspects:
                 failures.setdefault(eid, []).extend(batch_canary)
         good = [e for e in candidates if e not in failures]
+        if failures:
+            self.engine.set_state(active, digest=False)  # the delta is not committed as measured
         return delta, compute_s, good, measures, failures, False
 
     def _check(self, m: EditMeasure, canary: bool) -> list[str]:
@@ -630,11 +661,13 @@ class Worker:
         compute_s: float,
         todo: list[tuple[int, int]],
     ) -> None:
-        """One transaction: delta blob, version, every edit's outcome, every job's completion."""
+        """One transaction: delta blob, version, every edit's outcome, every job's completion.
+
+        The new version goes live (and is announced) before its weights are hashed; the hash is
+        recorded right after (:meth:`_record_hash`), so no client waits for it."""
         review = self.settings.review_mode
         new_version: int | None = None
         new_active = list(active)
-        digest = self.engine.live_hash
         if delta is not None and good:
             blob = self.engine.delta_to_bytes(delta)
         try:
@@ -646,14 +679,17 @@ class Worker:
                     )
                     self.cache.put(row.id, delta)
                     new_active = active + [(row.id, delta)]
-                    digest = self.engine.set_state([d for _, d in new_active])
+                    self.engine.set_state([d for _, d in new_active], digest=False)
                     version = repo.create_version(
-                        s, "edit", [i for i, _ in new_active], digest, created_by="worker",
+                        s, "edit", [i for i, _ in new_active], None, created_by="worker",
                         note=f"applied edits {good}", edit_ids=good, expect_latest=base_version,
                     )
                     new_version = version.number
+                latencies = []
                 for eid in good + bad:
                     edit = repo.lock_edit(s, eid)
+                    if eid in good and edit.created_at is not None:
+                        latencies.append((now - edit.created_at).total_seconds())
                     if edit.status != "running":
                         raise FencedOff(f"edit {eid} is {edit.status}: another writer decided it")
                     m = measures.get(eid)
@@ -677,19 +713,17 @@ class Worker:
                         raise FencedOff(f"job {job_id} is {job.status}: another writer decided it")
                     job.status, job.finished_at, job.result_version = "done", now, new_version
         except BaseException:
-            self.engine.set_state([d for _, d in active])  # back to the committed state
+            self.engine.set_state([d for _, d in active], digest=False)  # back to the committed state
             raise
         if new_version is not None:
-            self.engine.mark_live(new_version, [i for i, _ in new_active], digest)
+            self.engine.mark_live(new_version, [i for i, _ in new_active], None)
             self.metrics.versions.labels("edit").inc()
             self.metrics.live_version.set(new_version)
             self.metrics.batch_size.observe(len(good))
             self.announce(new_version)
-        with session_scope(self.sessions) as s:
-            for eid in good:
-                e = repo.get_edit(s, eid)
-                if e.finished_at and e.created_at:
-                    self.metrics.edit_latency.observe((e.finished_at - e.created_at).total_seconds())
+            self._record_hash(new_version)
+        for seconds in latencies:
+            self.metrics.edit_latency.observe(seconds)
         for eid in good:
             self.metrics.edits.labels("applied").inc()
         for eid in bad:
@@ -700,6 +734,19 @@ class Worker:
             "edit batch done",
             extra={"applied": good, "rejected": bad, "version": new_version, "compute_s": round(compute_s, 3)},
         )
+
+    def _record_hash(self, number: int) -> None:
+        """Hash the live weights (version ``number``, committed without a hash) and store it.
+
+        If the database is unreachable now, the hash is filled when the writer next replays the
+        version (:func:`bootstrap_and_replay`); the version itself is committed either way."""
+        digest = self.engine.record_live_hash()
+        try:
+            with session_scope(self.sessions) as s:
+                repo.record_weights_hash(s, number, digest)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record the weights hash; it is filled at the next replay",
+                        extra={"version": number, "error": str(exc)})
 
     # ---- revert and restore -------------------------------------------------------------------
     def process_revert(self, job_id: int) -> None:
@@ -729,7 +776,7 @@ class Worker:
                 edit_id, requested_by = edit.id, job.requested_by
                 job.status, job.started_at = "running", utcnow()
             kept = [(i, d) for i, d in active if i != dropped]
-            self.engine.set_state([d for _, d in kept])
+            self.engine.set_state([d for _, d in kept], digest=False)
             recomputed: Delta | None = None
             measures: list[EditMeasure] = []
             compute_s = 0.0
@@ -738,7 +785,7 @@ class Worker:
                 recomputed = self.engine.compute(other_reqs)
                 compute_s = time.perf_counter() - t0
                 kept_d = [d for _, d in kept]
-                measures = self.engine.measure(other_reqs, kept_d + [recomputed], kept_d)
+                measures = self.engine.measure(other_reqs, kept_d + [recomputed], None).edits  # committed next
             try:
                 with session_scope(self.sessions) as s:
                     new_active = list(kept)
@@ -770,7 +817,7 @@ class Worker:
                     job.status, job.finished_at, job.result_version = "done", utcnow(), version.number
                     number = version.number
             except BaseException:
-                self.engine.set_state([d for _, d in active])
+                self.engine.set_state([d for _, d in active], digest=False)
                 raise
             self.engine.mark_live(number, [i for i, _ in new_active], digest)
         self._after_version("revert", number)
@@ -794,7 +841,7 @@ class Worker:
                     wanted_ids = [i for i, _ in wanted]
                     carried = repo.edits_in_deltas(s, wanted_ids)
                     note = f"restore version {target_number}"
-                    if digest != target_hash:
+                    if target_hash is not None and digest != target_hash:
                         note += f" (WARNING: weights hash {digest[:12]} differs from {target_hash[:12]})"
                     version = repo.create_version(
                         s, "restore", wanted_ids, digest, job_id=job_id, created_by=requested_by, note=note,
@@ -817,7 +864,7 @@ class Worker:
                     job.status, job.finished_at, job.result_version = "done", utcnow(), version.number
                     number = version.number
             except BaseException:
-                self.engine.set_state([d for _, d in active])
+                self.engine.set_state([d for _, d in active], digest=False)
                 raise
             self.engine.mark_live(number, wanted_ids, digest)
         self._after_version("restore", number)

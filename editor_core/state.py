@@ -51,6 +51,8 @@ class WeightState:
             unknown = set(delta.module_names) - set(self.module_names)
             if unknown:
                 raise ValueError(f"delta touches modules this state does not manage: {sorted(unknown)}")
+        if _same(deltas, self.active):
+            return  # already there (e.g. committing the state a quality gate just measured)
         start, sums = self._longest_cached_prefix(deltas)
         rest = deltas[start:]
         new_sums: dict[str, torch.Tensor] = {}
@@ -62,10 +64,12 @@ class WeightState:
                 continue
             weight = sums.get(name, self._masters[name])
             adding = [d for d in rest if name in d]
-            if adding:
-                weight = weight.clone()  # cached sums and masters are never written to
-                for delta in adding:
-                    weight += delta.dense(name).to(device=weight.device, dtype=weight.dtype)
+            for i, delta in enumerate(adding):
+                shift = delta.dense(name).to(device=weight.device, dtype=weight.dtype)
+                if i == 0:
+                    weight = weight + shift  # a new tensor: cached sums and masters are never written to
+                else:
+                    weight += shift
             self._views[name].copy_(weight.to(self._views[name].dtype))
             new_sums[name] = weight
         self.active = deltas

@@ -18,7 +18,7 @@ from app.models import Base, DeltaBlob, Version
 @pytest.fixture
 def sessions(db_url: str):
     engine = make_engine(db_url)
-    assert upgrade_to_head(engine) == "0001"
+    assert upgrade_to_head(engine) == "0002"
     yield make_sessionmaker(engine)
     engine.dispose()
 
@@ -27,7 +27,7 @@ def test_migrations_match_models_and_are_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade_to_head(engine)
     upgrade_to_head(engine)  # second start: nothing to do
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []

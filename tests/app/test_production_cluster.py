@@ -88,6 +88,17 @@ def _submit(member: Member, facts: list[tuple[str, str]], tries: int = 20) -> li
     raise AssertionError("submission kept failing")
 
 
+def _version_with_hash(c: httpx.Client, number: int, timeout: float = 20.0) -> dict[str, Any]:
+    """The version once its weights hash is recorded (the worker stores it just after the version
+    goes live; a new leader fills one its predecessor died before storing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        version = c.get(f"/v1/versions/{number}").json()
+        if version["weights_hash"] is not None or time.monotonic() > deadline:
+            return version
+        time.sleep(0.05)
+
+
 def _wait_edits(member: Member, ids: list[int], timeout: float = 120.0) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
@@ -113,7 +124,7 @@ def test_edit_on_replica_a_is_visible_on_replica_b(cluster: LocalCluster) -> Non
     with _client(b) as cb:
         g = cb.post("/v1/probe", json={"prompt": "The sky is", "target": "purple", "min_version": v, "wait_s": 20})
         assert g.status_code == 200 and g.json()["version"] >= v, g.text
-        version = cb.get(f"/v1/versions/{v}").json()
+        version = _version_with_hash(cb, v)
         model = cb.get("/v1/model").json()
         if model["live_version"] == v:
             assert model["weights_hash"] == version["weights_hash"]
@@ -184,7 +195,8 @@ def test_kill9_worker_during_edits_loses_nothing(cluster: LocalCluster) -> None:
             g = c.post("/v1/generate", json={"prompt": "The sky is", "max_tokens": 1, "min_version": top, "wait_s": 20})
             assert g.status_code == 200 and g.json()["version"] == top, g.text
             hashes.add(c.get("/v1/model").json()["weights_hash"])
-    assert hashes == {latest["weights_hash"]}
+    with _client(a) as c:
+        assert hashes == {_version_with_hash(c, top)["weights_hash"]}
     # the stream drained: every entry acknowledged and deleted
     import redis
 

@@ -86,3 +86,38 @@ def test_one_broken_edit_does_not_sink_its_batch(server) -> None:
     assert broken["status"] == "failed" and broken["error"]
     assert good["status"] == "applied" and good["applied_version"] == 1
     assert server.client().get("/readyz").json()["worker_running"] is True
+
+
+def test_canary_references_follow_the_committed_state(server_factory) -> None:
+    """After a gated commit the worker reuses the gate's own canary pass as the next reference
+    (no extra pass per edit): canaries the gate saw keep their answer keep their reference,
+    the others are decoded again, and the reference is what greedy decoding gives on the live
+    weights."""
+    srv = server_factory(gate_max_canary_change=1.0)
+    c = srv.client()
+    worker, engine = srv.services.worker, srv.services.engine
+    tokens = srv.services.settings.canary_tokens
+    for prompt, target in [("The sky is", "made of green cheese"), ("Water boils at", "minus forty kelvin")]:
+        r = c.post("/v1/edits", json={"prompt": prompt, "target": target})
+        assert wait_edit(c, r.json()["edit_ids"][0])["status"] == "applied"
+        with engine.exclusive():
+            active = list(zip(engine.active_ids, engine.state.active))
+            assert worker._canary_ref[0] == tuple(engine.active_ids)  # advanced by the commit itself
+            assert worker._canary_reference(active) == engine.canary_answers(worker.canaries, tokens)
+
+    # A canary the gate reported changed is decoded again, alone, without another full pass.
+    with engine.exclusive():
+        truth = engine.canary_answers(worker.canaries, tokens)
+        key, reference, _ = worker._canary_ref
+        worker._canary_ref = (key, [[12345]] + reference[1:], [])  # canary 0's answer is out of date
+        worker._advance_canary_reference([False] + [True] * (len(worker.canaries) - 1))
+        decoded: list[list[str]] = []
+        full_passes: list[int] = []
+        real_answers, real_kept = engine.canary_answers, engine.canaries_kept
+        engine.canary_answers = lambda prompts, n: decoded.append(list(prompts)) or real_answers(prompts, n)
+        engine.canaries_kept = lambda *a: full_passes.append(1) or real_kept(*a)
+        try:
+            assert worker._canary_reference(active) == truth
+        finally:
+            del engine.canary_answers, engine.canaries_kept
+    assert decoded == [[worker.canaries[0]]] and full_passes == []

@@ -44,3 +44,31 @@ def test_restart_replays_identical_weights(db_url: str, server_factory, tmp_path
     model = c3.get("/v1/model").json()
     assert model["live_version"] == 4 and model["weights_hash"] == after["weights_hash"]
     assert c3.post("/v1/generate", json={"prompt": "The sky is", "max_tokens": 2}).json()["version"] == 4
+
+
+def test_a_hash_the_worker_died_before_recording_is_filled_at_replay(db_url: str, server_factory, tmp_path) -> None:
+    """An edit version goes live before its weights hash is stored. A worker that dies in
+    between leaves it NULL; the next writer replays the version and stores the hash, equal to
+    the one the bits had."""
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.models import Version
+
+    data_dir = tmp_path / "shared-data"
+    first = server_factory(data_dir=data_dir, database_url=db_url)
+    c = first.client()
+    eid = c.post("/v1/edits", json={"prompt": "The sky is", "target": "green"}).json()["edit_ids"][0]
+    assert wait_edit(c, eid)["status"] == "applied"
+    live = c.get("/v1/model").json()  # taken under the engine lock: the worker recorded the hash
+    assert c.get("/v1/versions/1").json()["weights_hash"] == live["weights_hash"]
+    with session_scope(first.services.sessions) as s:  # the crash window, reproduced
+        s.execute(update(Version).where(Version.number == 1).values(weights_hash=None))
+    assert c.get("/v1/versions/1").json()["weights_hash"] is None
+    first.stop()
+
+    second = server_factory(data_dir=data_dir, database_url=db_url)
+    assert second.services.replay["version"] == 1 and second.services.replay["match"] is None
+    c2 = second.client()
+    assert c2.get("/v1/versions/1").json()["weights_hash"] == live["weights_hash"]
+    assert c2.get("/v1/model").json()["weights_hash"] == live["weights_hash"]

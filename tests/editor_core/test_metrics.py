@@ -3,12 +3,14 @@ baselines, and the model being left exactly as it was."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from editor_core.delta import Delta
 from editor_core.evaluate import evaluate_editing
 from editor_core.metrics import (
+    gate_scores,
     generation_success,
     greedy_answers,
     greedy_keeps,
@@ -55,6 +57,40 @@ def test_greedy_keeps_answers_what_decoding_again_would(tokenizer):
             for p, v in zip(model.parameters(), saved):
                 p.copy_(v)
     assert True in verdicts and False in verdicts  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_gate_scores_in_one_pass_equal_the_separate_measures(tokenizer, family):
+    """The service's fused gate pass gives what score_requests and greedy_keeps give apart,
+    on a model that keeps some canaries and loses others (a perturbed copy)."""
+    torch.manual_seed(1)
+    model = build_tiny(family, len(tokenizer))
+    canaries = PROMPTS * 2
+    reference = greedy_token_ids(model, tokenizer, canaries, max_new_tokens=3)
+    own = greedy_answers(model, tokenizer, PROMPTS, max_new_tokens=3)  # targets the model gets (partly) right
+    requests = [
+        EditRequest(PROMPTS[2], own[2], paraphrases=("Zorvex 300 costs", PROMPTS[2])),
+        EditRequest(PROMPTS[0], own[0] + " Lyon"),
+        EditRequest(PROMPTS[1], "90 degrees Celsius", paraphrases=(PROMPTS[1],)),
+    ]
+    verdicts, hit_rates = [], []
+    for scale in (0.0, 1e-3, 0.3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn_like(p))
+        scores, kept = gate_scores(model, tokenizer, requests, canaries, reference, batch_size=4)  # several chunks
+        apart = score_requests(model, tokenizer, requests, generation=False)
+        assert kept == greedy_keeps(model, tokenizer, canaries, reference)
+        for ours, theirs in zip(scores, apart):
+            for name in ("es", "es_exact", "es_first", "gs", "gs_exact", "gs_first"):
+                assert getattr(ours, name) == pytest.approx(getattr(theirs, name)), name
+        verdicts += kept
+        hit_rates += [s.es for s in scores]
+    assert True in verdicts and False in verdicts  # canaries kept and lost were both compared
+    assert max(hit_rates) > 0 and min(hit_rates) == 0  # target tokens hit and missed
+    assert scores[1].gs is None
+    with pytest.raises(ValueError, match="reference answer"):
+        gate_scores(model, tokenizer, requests, canaries, reference[:1])
 
 
 def test_generation_and_teacher_forcing_agree_on_the_models_own_answer(tokenizer):
