@@ -124,6 +124,7 @@ class Engine:
         self.base_hash: str = self.state.weights_hash()
         self.live_hash: str | None = self.base_hash
         self.active_ids: list[int] = []
+        self._prompt_id_cache: dict[str, list[int]] = {}
         config = self.model.config
         self.context: int | None = getattr(config, "n_positions", None) or getattr(
             config, "max_position_embeddings", None
@@ -276,7 +277,8 @@ class Engine:
             self.state.set_active(list(candidate))
             try:
                 scores, kept = ec_metrics.gate_scores(
-                    self.model, self.tokenizer, requests, list(canaries), list(canary_reference)
+                    self.model, self.tokenizer, requests, list(canaries), list(canary_reference),
+                    canary_ids=[self._prompt_ids(c) for c in canaries],
                 )
                 per_probe = ec_metrics.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
             except BaseException:
@@ -301,6 +303,15 @@ class Engine:
             for s, loc in zip(scores, locality)
         ]
         return Measurement(edits=edits, canary_kept=kept)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of a prompt the gate reads on every edit (the canaries), tokenized once."""
+        ids = self._prompt_id_cache.get(prompt)
+        if ids is None:
+            if len(self._prompt_id_cache) > 4096:
+                self._prompt_id_cache.clear()
+            ids = self._prompt_id_cache[prompt] = prompt_ids(self.tokenizer, prompt)
+        return ids
 
     # ---- inference --------------------------------------------------------------------------
     def generate(

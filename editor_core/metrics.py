@@ -295,6 +295,7 @@ def gate_scores(
     canaries: Sequence[str] = (),
     canary_answers: Sequence[Sequence[int]] = (),
     batch_size: int = 64,
+    canary_ids: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[RequestScores], list[bool]]:
     """Teacher-forced ES/GS of every request and whether every canary keeps its greedy answer,
     all from one padded forward pass (per ``batch_size`` rows).
@@ -302,7 +303,8 @@ def gate_scores(
     The same numbers as :func:`score_requests` with ``generation=False`` (``*_gen`` left unset:
     the exact match is greedy success) and :func:`greedy_keeps`, for the price of one call: on a
     small model the fixed cost of each forward (masks, kernel launches) rivals its arithmetic, and
-    a quality gate that runs on every edit pays it three times over otherwise.
+    a quality gate that runs on every edit pays it three times over otherwise. ``canary_ids``:
+    the canaries' :func:`prompt_ids`, if the caller keeps them (they never change).
     """
     if len(canaries) != len(canary_answers):
         raise ValueError("every canary needs its reference answer ids")
@@ -312,8 +314,10 @@ def gate_scores(
         for prompt in (r.prompt, *r.paraphrases):
             p_ids, t_ids = split_pair(tokenizer, prompt, r.target)
             rows.append((lead + p_ids + t_ids, len(t_ids)))
-    for prompt, answer in zip(canaries, canary_answers):
-        rows.append((prompt_ids(tokenizer, prompt) + list(answer), len(answer)))
+    if canary_ids is None:
+        canary_ids = [prompt_ids(tokenizer, prompt) for prompt in canaries]
+    for ids, answer in zip(canary_ids, canary_answers):
+        rows.append((list(ids) + list(answer), len(answer)))
     hits = _answer_hits(model, tokenizer, rows, batch_size)
 
     scores: list[RequestScores] = []
