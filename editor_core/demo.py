@@ -45,6 +45,9 @@ class DemoSize:
     # --edit-layers 4) but loses them in the service, where edits pile up: after ~300 edits the gate
     # rejected 35 of 256 (vs 1) and micro-batching fell from 3.1x to 1.1x (bench.serving).
     edit_layers: int | None = None
+    # The SMEdit editor's L2 regulariser: coefficient and metric (see TrainConfig.l2_metric).
+    editor_reg: float = 1e-3
+    editor_l2_metric: str = "frobenius"
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
@@ -105,7 +108,10 @@ def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
 
 def _editor_key(spec: DemoSize) -> dict:
     """What the demo editors were trained with: other settings retrain them, not the model."""
-    return {"steps": spec.editor_steps, "edit_layers": spec.edit_layers, "training": TRAINING_VERSION}
+    key = {"steps": spec.editor_steps, "edit_layers": spec.edit_layers, "training": TRAINING_VERSION}
+    if (spec.editor_reg, spec.editor_l2_metric) != (1e-3, "frobenius"):  # keys of earlier builds unchanged
+        key["reg"] = [spec.editor_reg, spec.editor_l2_metric]
+    return key
 
 
 def _read_json(path: Path) -> dict | None:
@@ -297,7 +303,8 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
         modules = last_layer_modules(load_model(paths.model_dir)[0], spec.edit_layers)
     common = dict(max_steps=spec.editor_steps, seed=seed, modules=modules)
     for name, target, config in (
-        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, **common)),
+        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=spec.editor_reg,
+                                                 l2_metric=spec.editor_l2_metric, **common)),
         ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **common)),
     ):
         started = time.perf_counter()
