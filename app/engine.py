@@ -57,6 +57,7 @@ class EditMeasure:
     canary_changed: float | None  # fraction of canaries whose greedy answer changed (batch)
     canary_total: int = 0
     changed_canaries: list[str] = field(default_factory=list)
+    gate_s: float | None = None  # time the measurement took (the whole batch's)
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(vars(self))
@@ -269,6 +270,7 @@ class Engine:
         its reference answer ids (end-of-text included) stay the argmax at every position.
         """
         requests = list(requests)
+        t0 = time.perf_counter()
         with self.lock:
             before = list(self.state.active)
             # every request's locality probes in one batch, split back by request afterwards
@@ -299,6 +301,7 @@ class Engine:
                 es=s.es, es_exact=s.es_exact, es_first=s.es_first, es_gen=s.es_exact,
                 gs=s.gs, gs_exact=s.gs_exact, gs_gen=s.gs_exact, locality=loc,
                 canary_changed=frac, canary_total=len(canaries), changed_canaries=changed[:10],
+                gate_s=time.perf_counter() - t0,
             )
             for s, loc in zip(scores, locality)
         ]

@@ -256,6 +256,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         rc = redis.Redis.from_url(args.redis_url)
         channel = f"{prefix}:versions"
         replica = cluster.apis[1]
+        newest = max(b["applied_version"] for b in bodies)
+        deadline = time.perf_counter() + 300
+        while (replica.readyz() or {}).get("live_version", -1) < newest:  # a big model's last edit may
+            if time.perf_counter() > deadline:                              # still be on its way there
+                raise TimeoutError(f"replica never reached version {newest}")
+            time.sleep(0.05)
         before = replica.readyz()["live_version"]
         # the replica misses all 1,000 announcements (as if disconnected; its safety-net poll is
         # off in this cluster), then hears of the last one and catches up from the database

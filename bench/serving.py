@@ -250,11 +250,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         "post_to_terminal_s": statistics.median(walls),
                         "server_run_s": statistics.median(b["timings"]["run_s"] or 0.0 for b in bodies),
                         "server_total_s": statistics.median(b["timings"]["total_s"] or 0.0 for b in bodies),
+                        "worker_compute_s": statistics.median(b["metrics"].get("compute_s") or 0.0 for b in bodies),
+                        "worker_gate_s": statistics.median(b["metrics"].get("gate_s") or 0.0 for b in bodies),
                         "statuses": {s: sum(b["status"] == s for b in bodies) for s in {b["status"] for b in bodies}},
                     }
                     out[key]["ratio"] = out[key]["post_to_terminal_s"] / out["editor_edit_s"]
                     print(f"{key}: POST->terminal median {out[key]['post_to_terminal_s'] * 1e3:.1f} ms "
-                          f"({out[key]['ratio']:.2f}x editor.edit)")
+                          f"({out[key]['ratio']:.2f}x editor.edit); server: created->decided "
+                          f"{out[key]['server_total_s'] * 1e3:.1f} ms, of which editor.edit "
+                          f"{out[key]['worker_compute_s'] * 1e3:.1f} ms, gate {out[key]['worker_gate_s'] * 1e3:.1f} ms")
                     if not gate:
                         continue
                     generate_latency(c, prompts)  # warm-up

@@ -33,6 +33,7 @@ def test_edit_generate_revert_restore_cycle(server: RunningServer) -> None:
     assert a["applied_version"] == 1 and a["author"] == "alice"
     for key in ("es", "gs", "canary_changed"):
         assert key in a["metrics"]
+    assert a["metrics"]["gate_s"] > 0 and a["metrics"]["compute_s"] > 0  # where the worker's time went
     assert a["timings"]["total_s"] is not None
     h1 = _hash(c)
     assert h1 != h0, "an applied edit must change the weights"
