@@ -112,7 +112,7 @@ def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
 # Options a method name may end with, e.g. "SMEdit S=2 L2 reg=5e-4 max_steps=400": TrainConfig
 # fields (``reg=C`` sets the coefficient, as the L2/KL choice is part of the method's name).
 OPTION_FIELDS = ("reg", "meta_lr", "rank", "n_blocks", "max_steps", "batch_size", "init_lr", "l2_metric",
-                 "precondition")
+                 "locality_weight", "precondition")
 
 
 def split_options(name: str) -> tuple[str, dict]:

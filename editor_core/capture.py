@@ -100,3 +100,29 @@ def concat_captures(parts: Sequence[dict[str, Capture]]) -> dict[str, Capture]:
         )
         for name in names
     }
+
+
+@torch.no_grad()
+def capture_keys(model: nn.Module, module_names: Sequence[str], batch: PairBatch) -> dict[str, torch.Tensor]:
+    """Keys ``[n, d_in]`` of every attended token of ``batch`` at each module, forward only.
+
+    What a weight shift ``dW`` will be multiplied by on these prompts: ``keys @ dW`` is the
+    change of the module's output there (used to measure a shift on unrelated prompts)."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    mask = batch.attention_mask.bool()
+    keys: dict[str, torch.Tensor] = {}
+
+    def tap(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            keys[name] = _at_least_fp32(inputs[0][mask].detach())
+
+        return hook
+
+    handles = [get_module(model, name).register_forward_hook(tap(name)) for name in module_names]
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return keys

@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from editor_core.arch import get_module, is_in_out
+from editor_core.capture import capture_keys
 from editor_core.editor import EditorConfig, SMEditor, StepRecord
 from editor_core.solve import shift_dense
 from editor_core.tokens import PairBatch, pair_batch, target_nll
 from editor_core.types import EditRequest
 
 REGULARISERS = ("l2", "kl")
+L2_METRICS = ("frobenius", "key", "locality")
 
 
 @dataclass
@@ -61,13 +63,18 @@ class TrainConfig:
     include_prompt: bool = True
     max_length: int = 128
     precondition: str = "full"
-    l2_metric: str = "frobenius"  # or "key": penalise the shift's effect on typical keys
+    # "frobenius" (the paper's norm), "key" (the shift's effect on typical edit keys) or
+    # "locality" (the norm mixed with the shift's effect on the batch's unrelated locality prompts)
+    l2_metric: str = "frobenius"
+    locality_weight: float = 0.5  # l2_metric="locality": weight of the locality part (the norm gets the rest)
 
     def __post_init__(self) -> None:
         if self.reg not in REGULARISERS:
             raise ValueError(f"reg must be one of {REGULARISERS}, got {self.reg!r}")
-        if self.l2_metric not in ("frobenius", "key"):
-            raise ValueError(f"l2_metric must be frobenius or key, got {self.l2_metric!r}")
+        if self.l2_metric not in L2_METRICS:
+            raise ValueError(f"l2_metric must be one of {L2_METRICS}, got {self.l2_metric!r}")
+        if not 0.0 <= self.locality_weight <= 1.0:
+            raise ValueError(f"locality_weight must be in [0, 1], got {self.locality_weight}")
         if self.n_steps < 1 or self.batch_size < 1 or self.max_steps < 0:
             raise ValueError("n_steps and batch_size must be >= 1, max_steps >= 0")
 
@@ -96,7 +103,7 @@ def _generalisation_batch(tokenizer: PreTrainedTokenizerBase, requests: Sequence
 def _locality_batch(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], cfg: TrainConfig) -> PairBatch:
     probes = [p for r in requests for p in r.locality if p.answer]
     if not probes:
-        raise ValueError("KL training needs locality probes with answers in the training requests")
+        raise ValueError("KL training and l2_metric='locality' need locality probes with answers in the training requests")
     return pair_batch(tokenizer, [p.prompt for p in probes], [p.answer for p in probes], cfg.max_length)
 
 
@@ -171,14 +178,21 @@ def backprop_to_hypernets(
 
 
 def shift_penalty(
-    editor: SMEditor, records: list[StepRecord], cfg: TrainConfig
+    editor: SMEditor, records: list[StepRecord], cfg: TrainConfig,
+    locality_keys: dict[str, torch.Tensor] | None = None,
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """SMEdit's L2 term ``sum_m ||dW_m||²`` over the total shift of each module, and its gradient.
 
     ``l2_metric="key"`` measures the shift in the metric of the keys instead,
     ``tr(dWᵀ C̄ dW)`` with ``C̄`` the keys' second moment scaled to unit mean eigenvalue: the expected
     squared output change on typical prompts, which is what locality is about. ``frobenius`` is
-    the paper's plain norm.
+    the paper's plain norm. ``locality`` uses the keys of the batch's locality prompts (other
+    facts, taken on the unedited model): ``tr(dWᵀ M dW)`` with ``M = (1 - w) I + w C̄_loc``
+    (``w = cfg.locality_weight``), the plain norm plus the expected squared output change on
+    exactly the prompts an edit must not move (the identity part keeps directions those few
+    prompts do not span from going free). It is a
+    first-order stand-in for MALMEN's KL term: one forward pass of the base model, no second
+    pass through the edited one and no backward.
     """
     value, grads = 0.0, {}
     for name in editor.module_names:
@@ -187,7 +201,15 @@ def shift_penalty(
             continue
         total = torch.stack(parts).sum(0)
         moment = editor.net_for(0, name)[0].key_moment
-        if cfg.l2_metric == "key" and moment.mode == "full" and moment.count > 0:
+        if cfg.l2_metric == "locality" and locality_keys and name in locality_keys:
+            keys = locality_keys[name].to(device=total.device, dtype=total.dtype)
+            cov = keys.T @ keys / max(1, keys.shape[0])
+            cov = cov / (torch.trace(cov) / cov.shape[0]).clamp_min(1e-12)
+            w = cfg.locality_weight
+            weighted = (1.0 - w) * total + w * (cov @ total)
+            value += float((total * weighted).sum())
+            grads[name] = 2.0 * weighted
+        elif cfg.l2_metric == "key" and moment.mode == "full" and moment.count > 0:
             metric = (moment.moment / (torch.trace(moment.moment) / moment.moment.shape[0])).to(total.dtype)
             weighted = metric @ total
             value += float((total * weighted).sum())
@@ -211,13 +233,17 @@ def train_step(
         with torch.no_grad():
             loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
             base_loc = _masked_logprobs(model, loc)
+    locality_keys = None
+    if cfg.reg == "l2" and cfg.l2_metric == "locality":
+        loc = _locality_batch(editor.tokenizer, requests, cfg)
+        locality_keys = capture_keys(model, editor.module_names, loc)  # on the unedited model
     records = editor.run_steps(requests, update_stats=True)
     try:
         weight_grads, stats = edited_loss_grads(editor, requests, cfg, base_loc)
     finally:
         editor.revert_steps(records)
     if cfg.reg == "l2":
-        sq_norm, grads = shift_penalty(editor, records, cfg)
+        sq_norm, grads = shift_penalty(editor, records, cfg, locality_keys)
         for name, grad in grads.items():
             weight_grads[name] = weight_grads[name] + cfg.reg_coef * grad
         stats["l2"] = sq_norm

@@ -9,7 +9,15 @@ from editor_core.arch import get_module
 from editor_core.editor import SMEditor
 from editor_core.solve import shift_dense, solve_shift
 from editor_core.tokens import target_nll
-from editor_core.train import TrainConfig, _generalisation_batch, meta_train, train_step
+from editor_core.capture import capture_keys
+from editor_core.train import (
+    TrainConfig,
+    _generalisation_batch,
+    _locality_batch,
+    meta_train,
+    shift_penalty,
+    train_step,
+)
 from editor_core.types import EditRequest, LocalityProbe
 from tests.editor_core.conftest import build_tiny
 
@@ -111,6 +119,41 @@ def test_kl_step_runs_and_needs_locality_answers(tokenizer):
         train_step(editor, [EditRequest("a b", "c")], cfg, opt)
 
 
+def test_locality_l2_metric_is_the_norm_plus_the_output_change_on_unrelated_prompts(tokenizer):
+    """l2_metric="locality": the squared norm of the total shift mixed with its squared effect on
+    the locality prompts' keys (normalised to unit mean eigenvalue), with the exact gradient."""
+    torch.manual_seed(0)
+    model = build_tiny("gpt2", len(tokenizer))
+    cfg = TrainConfig(n_steps=2, reg="l2", l2_metric="locality", rank=4, init_lr=0.5, batch_size=2,
+                      locality_weight=0.7)
+    editor = SMEditor(model, tokenizer, cfg.editor_config())
+    keys = capture_keys(model, editor.module_names, _locality_batch(tokenizer, REQUESTS, cfg))
+    records = editor.run_steps(REQUESTS)
+    try:
+        value, grads = shift_penalty(editor, records, cfg, keys)
+    finally:
+        editor.revert_steps(records)
+    expected = 0.0
+    for name in editor.module_names:
+        total = torch.stack([r.delta.dense(name) for r in records]).sum(0).requires_grad_(True)
+        k = keys[name]
+        assert k.shape[0] > len(REQUESTS)  # every token of every probe, not one row per probe
+        cov = k.T @ k / k.shape[0]
+        cov = cov / (torch.trace(cov) / cov.shape[0])
+        penalty = 0.3 * total.pow(2).sum() + 0.7 * (total * (cov @ total)).sum()
+        penalty.backward()
+        torch.testing.assert_close(grads[name], total.grad, rtol=1e-4, atol=1e-8)
+        expected += float(penalty.detach())
+    assert value == pytest.approx(expected, rel=1e-5)
+    frobenius, _ = shift_penalty(editor, records, TrainConfig(reg="l2"))
+    assert value != pytest.approx(frobenius)  # the metric matters
+
+    opt = torch.optim.Adam(editor.parameters(), lr=1e-3)
+    assert train_step(editor, REQUESTS, cfg, opt)["l2"] > 0
+    with pytest.raises(ValueError, match="locality probes"):
+        train_step(editor, [EditRequest("a b", "c")], cfg, opt)
+
+
 def test_meta_train_is_seeded_and_resumable(tokenizer, tmp_path):
     model = build_tiny("gpt2", len(tokenizer))
     requests = REQUESTS * 4
@@ -136,3 +179,7 @@ def test_meta_train_is_seeded_and_resumable(tokenizer, tmp_path):
 def test_train_config_rejects_unknown_regulariser():
     with pytest.raises(ValueError, match="reg must be"):
         TrainConfig(reg="l1")
+    with pytest.raises(ValueError, match="l2_metric must be"):
+        TrainConfig(l2_metric="nuclear")
+    with pytest.raises(ValueError, match="locality_weight"):
+        TrainConfig(l2_metric="locality", locality_weight=1.5)
