@@ -19,6 +19,12 @@ class Reg(str, Enum):
     kl = "kl"
 
 
+class L2Metric(str, Enum):
+    frobenius = "frobenius"
+    key = "key"
+    locality = "locality"
+
+
 class Method(str, Enum):
     smedit = "smedit"
     ftl = "ft-l"
@@ -52,6 +58,12 @@ def train_editor(
     n_steps: int = typer.Option(2, "--steps", help="Edit steps S (MBPS); 1 = MALMEN."),
     reg: Reg = typer.Option(Reg.l2, "--reg", help="l2 (SMEdit) or kl (MALMEN)."),
     reg_coef: float = typer.Option(1e-3, "--reg-coef", help="Coefficient of the L2 (1e-3 measured on the demo) or KL (try 1.0) term."),
+    l2_metric: L2Metric = typer.Option(
+        L2Metric.frobenius, "--l2-metric",
+        help="How the L2 term measures a shift: frobenius (the paper), key, or locality (mixed with its "
+             "effect on the edits' locality prompts; needs probes with answers; the demo uses it)."),
+    locality_weight: float = typer.Option(0.5, "--locality-weight", min=0.0, max=1.0,
+                                          help="With --l2-metric locality: weight of the locality part."),
     rank: int = typer.Option(64, "--rank"),
     batch_size: int = typer.Option(16, "--batch-size", help="Edits per meta-training step."),
     max_steps: int = typer.Option(300, "--max-steps"),
@@ -73,7 +85,8 @@ def train_editor(
     train, val = split_requests(requests, [1 - val_fraction, val_fraction], seed=seed)
     lm, tok = load_model(model, device=device)
     cfg = TrainConfig(n_steps=n_steps, reg=reg.value, reg_coef=reg_coef, rank=rank, batch_size=batch_size,
-                      max_steps=max_steps, meta_lr=meta_lr, init_lr=init_lr, val_every=val_every, seed=seed)
+                      max_steps=max_steps, meta_lr=meta_lr, init_lr=init_lr, val_every=val_every, seed=seed,
+                      l2_metric=l2_metric.value, locality_weight=locality_weight)
     console.print(f"{len(train)} training / {len(val)} validation edits; {cfg}")
     meta_train(lm, tok, train, val, cfg, out, progress=True, resume=not fresh,
                log=lambda e: console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}))

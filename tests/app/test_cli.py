@@ -85,3 +85,34 @@ def _single(fn):
     app = typer.Typer()
     app.command()(fn)
     return app
+
+
+def test_train_editor_cli_with_the_locality_l2_metric(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`smedit train-editor --l2-metric locality` trains from a JSONL file whose edits carry locality
+    probes, and the checkpoint records the metric; without probe answers it says what is missing."""
+    import json
+
+    from smedit.cli import app
+
+    facts = [("The sky is", "green"), ("Water boils at", "ten degrees"), ("Refunds are processed within", "an hour"),
+             ("The capital of France is", "Rome")]
+    lines = [json.dumps({"prompt": p, "target": t, "paraphrases": [p + " now"],
+                         "locality": [{"prompt": q, "answer": "blue"} for q, _ in facts if q != p][:1]})
+             for p, t in facts * 2]
+    data = tmp_path / "edits.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "editor"
+    runner = CliRunner()
+    args = ["train-editor", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+            "--l2-metric", "locality", "--locality-weight", "0.9", "--max-steps", "2", "--batch-size", "2",
+            "--rank", "4", "--val-fraction", "0.25", "--val-every", "1", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "editor.json").read_text())["train_config"]
+    assert saved["l2_metric"] == "locality" and saved["locality_weight"] == 0.9
+
+    data.write_text("\n".join(json.dumps({"prompt": p, "target": t}) for p, t in facts * 2) + "\n")
+    result = runner.invoke(app, args[:-6] + ["--fresh", "--device", "cpu"] + ["--out", str(tmp_path / "e2")])
+    assert result.exit_code != 0 and "locality probes" in str(result.exception)
+    result = runner.invoke(app, args[:7] + ["--locality-weight", "1.5"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "--locality-weight" in result.output
