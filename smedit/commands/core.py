@@ -82,6 +82,12 @@ def train_editor(
     from editor_core.train import TrainConfig, meta_train
 
     requests = _load(data, fmt, limit or None)
+    if (reg == Reg.kl or (reg == Reg.l2 and l2_metric == L2Metric.locality)) and not any(
+        p.answer for r in requests for p in r.locality
+    ):
+        what = "--reg kl" if reg == Reg.kl else "--l2-metric locality"
+        raise typer.BadParameter(f"{what} needs edits with locality probes that have answers; {data} has none",
+                                 param_hint="--data")
     train, val = split_requests(requests, [1 - val_fraction, val_fraction], seed=seed)
     lm, tok = load_model(model, device=device)
     cfg = TrainConfig(n_steps=n_steps, reg=reg.value, reg_coef=reg_coef, rank=rank, batch_size=batch_size,

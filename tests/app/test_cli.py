@@ -112,7 +112,8 @@ def test_train_editor_cli_with_the_locality_l2_metric(tiny_model_dir: Path, tmp_
     assert saved["l2_metric"] == "locality" and saved["locality_weight"] == 0.9
 
     data.write_text("\n".join(json.dumps({"prompt": p, "target": t}) for p, t in facts * 2) + "\n")
-    result = runner.invoke(app, args[:-6] + ["--fresh", "--device", "cpu"] + ["--out", str(tmp_path / "e2")])
-    assert result.exit_code != 0 and "locality probes" in str(result.exception)
+    result = runner.invoke(app, args[:-6] + ["--fresh", "--device", "cpu"] + ["--out", str(tmp_path / "e2")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "locality probes" in result.output, result.output
     result = runner.invoke(app, args[:7] + ["--locality-weight", "1.5"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "--locality-weight" in result.output
