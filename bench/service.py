@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         replica = cluster.apis[1]
         newest = max(b["applied_version"] for b in bodies)
         deadline = time.perf_counter() + 300
-        while (replica.readyz() or {}).get("live_version", -1) < newest:  # a big model's last edit may
+        while ((replica.readyz() or {}).get("live_version") or -1) < newest:  # a big model's last edit may
             if time.perf_counter() > deadline:                              # still be on its way there
                 raise TimeoutError(f"replica never reached version {newest}")
             time.sleep(0.05)

@@ -139,25 +139,8 @@ def greedy_keeps(
     every position is the next token; so one teacher-forced forward pass answers what
     ``len(continuation)`` decoding steps would (the service's gate checks canaries this way).
     """
-    device = _device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kept: list[bool] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = []
-        for prompt, cont in zip(prompts[start : start + batch_size], continuations[start : start + batch_size]):
-            ids_of_prompt = prompt_ids(tokenizer, prompt)
-            rows.append((ids_of_prompt + list(cont), len(ids_of_prompt), len(cont)))
-        width = max(len(r[0]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, (row, _, _) in enumerate(rows):
-            ids[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
-        argmax = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
-        for b, (_, n_prompt, n_cont) in enumerate(rows):
-            predicted = argmax[b, n_prompt - 1 : n_prompt - 1 + n_cont]
-            kept.append(bool((predicted == ids[b, n_prompt : n_prompt + n_cont]).all()))
-    return kept
+    rows = [(prompt_ids(tokenizer, p) + list(c), len(c)) for p, c in zip(prompts, continuations)]
+    return [bool(h.all()) for h in _answer_hits(model, tokenizer, rows, batch_size)]
 
 
 def _greedy_loop(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, steps: int, eos_id: int | None) -> torch.Tensor:
