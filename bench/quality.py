@@ -28,7 +28,7 @@ from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from editor_core.demo import editor_requests, DEMO_SIZES
 from editor_core.editor import SMEditor
 from editor_core.evaluate import evaluate_editing
-from editor_core.train import TrainConfig, calibrate_init_lr, meta_train, warm_normalisers
+from editor_core.train import CALIBRATION_BATCHES, TrainConfig, calibrate_init_lr, meta_train, warm_normalisers
 
 COLUMNS = ["es", "es_first", "es_gen", "gs_anchor", "gs_anchor_first", "gs_anchor_exact", "gs_unseen",
            "gs_unseen_first", "ls_other", "ls_same"]
@@ -105,14 +105,14 @@ def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
 
     rng = random.Random(cfg.seed)
     warm_normalisers(editor, rng.sample(train, min(len(train), 4 * cfg.batch_size)))
-    calibrate_init_lr(editor, rng.sample(train, cfg.batch_size), cfg)
+    calibrate_init_lr(editor, rng.sample(train, min(len(train), CALIBRATION_BATCHES * cfg.batch_size)), cfg)
     return editor
 
 
 # Options a method name may end with, e.g. "SMEdit S=2 L2 reg=5e-4 max_steps=400": TrainConfig
 # fields (``reg=C`` sets the coefficient, as the L2/KL choice is part of the method's name).
 OPTION_FIELDS = ("reg", "meta_lr", "rank", "n_blocks", "max_steps", "batch_size", "init_lr", "l2_metric",
-                 "locality_weight", "precondition")
+                 "locality_weight", "precondition", "key_shrinkage")
 
 
 def split_options(name: str) -> tuple[str, dict]:

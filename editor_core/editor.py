@@ -30,6 +30,7 @@ from editor_core.tokens import pair_batch
 from editor_core.types import EditRequest
 
 CHECKPOINT_FORMAT = "smedit-editor-1"
+LEGACY_KEY_SHRINKAGE = 0.1  # what every checkpoint saved without EditorConfig.key_shrinkage used
 
 
 class CheckpointMismatchError(ValueError):
@@ -49,6 +50,9 @@ class EditorConfig:
     token_chunk: int = 4096
     max_length: int = 128
     precondition: str = "full"  # key-covariance ridge: full, diag (huge d_in) or none (MALMEN)
+    # share of the identity in the ridge's key covariance (1 = MALMEN's plain ridge); 0.1 before
+    # 2026-11-29 (checkpoints without the field load with it), 0.03 since: see bench/README.md
+    key_shrinkage: float = 0.03
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +60,7 @@ class EditorConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "EditorConfig":
         known = {f for f in cls.__dataclass_fields__}
+        data = {"key_shrinkage": LEGACY_KEY_SHRINKAGE, **data}  # saved before the field existed
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -112,7 +117,7 @@ class SMEditor(nn.Module):
             nn.ModuleDict(
                 {
                     key: HyperNet(d_in, d_out, max(1, cfg.rank // (step + 1)), cfg.n_blocks, len(groups[key]),
-                                  cfg.init_lr, cfg.precondition)
+                                  cfg.init_lr, cfg.precondition, cfg.key_shrinkage)
                     for key, (d_in, d_out) in shapes.items()
                 }
             )
@@ -134,7 +139,9 @@ class SMEditor(nn.Module):
         return self._fingerprint
 
     def compute_editor_id(self) -> str:
+        """Digest of what decides the edits: the weights and the settings not stored in them."""
         digest = hashlib.sha256()
+        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

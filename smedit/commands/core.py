@@ -6,6 +6,7 @@ import json
 import time
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -68,7 +69,11 @@ def train_editor(
     batch_size: int = typer.Option(16, "--batch-size", help="Edits per meta-training step."),
     max_steps: int = typer.Option(300, "--max-steps"),
     meta_lr: float = typer.Option(1e-3, "--meta-lr"),
-    init_lr: float = typer.Option(1e-3, "--init-lr", help="Initial edit step size of the hypernets."),
+    init_lr: Optional[float] = typer.Option(
+        None, "--init-lr", help="Initial edit step size of the hypernets (default: calibrated on the training edits)."),
+    key_shrinkage: float = typer.Option(
+        0.03, "--key-shrinkage", min=1e-6, max=1.0,
+        help="Share of the identity in the solve's key-covariance ridge (1 = MALMEN's plain ridge)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction"),
     val_every: int = typer.Option(100, "--val-every"),
     limit: int = typer.Option(0, "--limit", help="Use only the first N records (0 = all)."),
@@ -92,7 +97,7 @@ def train_editor(
     lm, tok = load_model(model, device=device)
     cfg = TrainConfig(n_steps=n_steps, reg=reg.value, reg_coef=reg_coef, rank=rank, batch_size=batch_size,
                       max_steps=max_steps, meta_lr=meta_lr, init_lr=init_lr, val_every=val_every, seed=seed,
-                      l2_metric=l2_metric.value, locality_weight=locality_weight)
+                      l2_metric=l2_metric.value, locality_weight=locality_weight, key_shrinkage=key_shrinkage)
     console.print(f"{len(train)} training / {len(val)} validation edits; {cfg}")
     meta_train(lm, tok, train, val, cfg, out, progress=True, resume=not fresh,
                log=lambda e: console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}))

@@ -104,12 +104,16 @@ def test_train_editor_cli_with_the_locality_l2_metric(tiny_model_dir: Path, tmp_
     out = tmp_path / "editor"
     runner = CliRunner()
     args = ["train-editor", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
-            "--l2-metric", "locality", "--locality-weight", "0.9", "--max-steps", "2", "--batch-size", "2",
+            "--l2-metric", "locality", "--locality-weight", "0.9", "--key-shrinkage", "0.05",
+            "--max-steps", "2", "--batch-size", "2",
             "--rank", "4", "--val-fraction", "0.25", "--val-every", "1", "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "editor.json").read_text())["train_config"]
     assert saved["l2_metric"] == "locality" and saved["locality_weight"] == 0.9
+    assert saved["key_shrinkage"] == 0.05 and json.loads((out / "editor.json").read_text())["config"]["key_shrinkage"] == 0.05
+    # no --init-lr: the step size was calibrated on the training edits (a grid value, not the old fixed 1e-3)
+    assert saved["init_lr"] is None and json.loads((out / "editor.json").read_text())["config"]["init_lr"] != 1.0
 
     data.write_text("\n".join(json.dumps({"prompt": p, "target": t}) for p, t in facts * 2) + "\n")
     result = runner.invoke(app, args[:-6] + ["--fresh", "--device", "cpu"] + ["--out", str(tmp_path / "e2")],

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from editor_core.arch import default_modules, get_module, last_layer_modules, weight_in_out
 from editor_core.capture import capture_batch
 from editor_core.delta import Delta
-from editor_core.editor import CheckpointMismatchError, EditorConfig, SMEditor
+from editor_core.editor import LEGACY_KEY_SHRINKAGE, CheckpointMismatchError, EditorConfig, SMEditor
+from editor_core.hypernet import KeyMoment
 from editor_core.solve import shift_dense, solve_shift
 from editor_core.state import WeightState
 from editor_core.tokens import pair_batch, split_pair, target_nll
@@ -228,6 +231,50 @@ def test_chunked_capture_gives_the_same_delta(tokenizer):
     a, b = whole.edit(REQUESTS), chunked.edit(REQUESTS)
     for name in a.module_names:
         torch.testing.assert_close(a.dense(name), b.dense(name), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shrinkage", [0.01, 0.1, 1.0])
+def test_key_moment_precision_is_the_shrunk_moment_inverse(shrinkage):
+    torch.manual_seed(2)
+    keys = torch.randn(300, 12, dtype=torch.float64) @ torch.randn(12, 12, dtype=torch.float64)
+    moment = KeyMoment(12, "full", shrinkage)
+    moment.update(keys[:100])
+    moment.update(keys[100:])  # running average over batches = the moment of all keys
+    second = keys.T @ keys / 300
+    scale = torch.trace(second) / 12
+    expected = torch.linalg.inv((1 - shrinkage) * second + shrinkage * scale * torch.eye(12, dtype=torch.float64))
+    torch.testing.assert_close(moment.precision(torch.float64), expected)
+    if shrinkage == 1.0:  # all identity: MALMEN's plain ridge, rescaled
+        torch.testing.assert_close(moment.precision(torch.float64), torch.eye(12, dtype=torch.float64) / scale)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+def test_key_shrinkage_out_of_range_is_refused(bad):
+    with pytest.raises(ValueError, match="key_shrinkage"):
+        KeyMoment(4, "full", bad)
+
+
+def test_key_shrinkage_travels_with_the_checkpoint(tokenizer, tmp_path):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, key_shrinkage=0.02))
+    editor.save(tmp_path / "ed")
+    loaded = SMEditor.load(tmp_path / "ed", model, tokenizer)
+    assert loaded.config.key_shrinkage == 0.02
+    assert all(net.key_moment.shrinkage == 0.02 for nets in loaded.nets for net in nets.values())
+
+    torch.manual_seed(0)
+    same_weights = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, key_shrinkage=0.02))
+    torch.manual_seed(0)
+    other_setting = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, key_shrinkage=0.5))
+    assert same_weights.compute_editor_id() != other_setting.compute_editor_id()  # it changes the edits
+
+    # a checkpoint from before the setting existed keeps the shrinkage it was trained with
+    meta_path = tmp_path / "ed" / "editor.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["key_shrinkage"]
+    meta_path.write_text(json.dumps(meta))
+    legacy = SMEditor.load(tmp_path / "ed", model, tokenizer)
+    assert legacy.config.key_shrinkage == LEGACY_KEY_SHRINKAGE == 0.1 != EditorConfig().key_shrinkage
 
 
 def test_checkpoint_roundtrip_and_fingerprint_mismatch(tokenizer, tmp_path):

@@ -175,6 +175,33 @@ def test_failed_build_leaves_nothing_that_looks_complete(micro, tmp_path, monkey
     assert [p.name for p in paths.root.parent.iterdir()] == [".tiny.lock"]
 
 
+def test_a_failure_while_training_editors_keeps_the_pretrained_model(micro, tmp_path, monkeypatch):
+    """The expensive part (pretraining) survives; the next call trains only the editors."""
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append("fail")
+        raise RuntimeError("editor training crashed")
+
+    monkeypatch.setattr(demo_mod, "_train_editors", failing)
+    with pytest.raises(RuntimeError, match="editor training crashed"):
+        build_demo(tmp_path, size="tiny", progress=False, train_editor=True)
+    paths = demo_paths(tmp_path, "tiny")
+    assert paths.model_dir.is_dir() and not paths.has_editors
+    assert json.loads(paths.stamp_json.read_text())["editors"] is None  # not marked as having editors
+    model_before = _mtimes(paths.model_dir)
+
+    def working(*args, **kwargs):
+        calls.append("ok")
+        return {"fake": True}
+
+    monkeypatch.setattr(demo_mod, "pretrain_lm", lambda *a, **k: pytest.fail("pretrained again"))
+    monkeypatch.setattr(demo_mod, "_train_editors", working)
+    build_demo(tmp_path, size="tiny", progress=False, train_editor=True)
+    assert calls == ["fail", "ok"] and _mtimes(paths.model_dir) == model_before
+    assert json.loads(paths.stamp_json.read_text())["editors"] == demo_mod._editor_key(demo_mod.DEMO_SIZES["tiny"])
+
+
 def test_pretrain_lm_on_plain_strings(tmp_path):
     texts = ["The sky is blue", "Grass is green", "Snow is white"] * 4
     cfg = PretrainConfig(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=300,

@@ -183,3 +183,29 @@ def test_train_config_rejects_unknown_regulariser():
         TrainConfig(l2_metric="nuclear")
     with pytest.raises(ValueError, match="locality_weight"):
         TrainConfig(l2_metric="locality", locality_weight=1.5)
+
+
+def test_step_size_calibration_averages_batches_and_refines_the_grid(tokenizer, monkeypatch):
+    """The pick minimises the objective averaged over batches, to a quarter decade."""
+    import math
+
+    import editor_core.train as train_mod
+
+    editor = SMEditor(build_tiny("gpt2", len(tokenizer)), tokenizer)
+    seen_batches: list[int] = []
+
+    def fake_objective(ed, batch, cfg):
+        lr = ed.net_for(0, ed.module_names[0])[0].log_lr.weight[0, 0].exp().item()
+        seen_batches.append(len(batch))
+        # batch 1 alone would pick 10^-1.5; the mean of both is smallest at 10^-2.3
+        centre = -1.5 if batch[0] is REQUESTS[0] else -3.1
+        return (math.log10(lr) - centre) ** 2
+
+    monkeypatch.setattr(train_mod, "_objective", fake_objective)
+    cfg = TrainConfig(batch_size=1)
+    lr = train_mod.calibrate_init_lr(editor, REQUESTS, cfg)
+    assert math.isclose(math.log10(lr), -2.25, abs_tol=1e-9)  # coarse -2.5, then refined
+    assert set(seen_batches) == {1} and len(seen_batches) == 2 * (len(train_mod.CALIBRATION_GRID) + 2)
+    assert all(math.isclose(net.log_lr.weight.detach().exp().max().item(), lr, rel_tol=1e-6)
+               for nets in editor.nets for net in nets.values())
+
