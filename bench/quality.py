@@ -150,8 +150,8 @@ def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int,
         return FTLEditor(model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=modules)).edit
     base_name, overrides = split_options(name)
     configs = method_configs(max_steps, seed, modules)
-    if base_name == "untrained S=2" and not overrides:
-        return untrained_editor(model, tok, train, configs["SMEdit S=2 L2"]).edit
+    if base_name == "untrained S=2":
+        return untrained_editor(model, tok, train, replace(configs["SMEdit S=2 L2"], **overrides)).edit
     if base_name not in configs:
         raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of "
                          f"{sorted(configs)}, optionally followed by options such as ' reg=C' "

@@ -51,6 +51,7 @@ class DemoSize:
     editor_reg: float = 1e-3
     editor_l2_metric: str = "frobenius"
     editor_locality_weight: float = 0.5
+    editor_key_shrinkage: float = 0.1  # the SMEdit editor's EditorConfig.key_shrinkage
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
@@ -58,7 +59,7 @@ DEMO_SIZES: dict[str, DemoSize] = {
     # n=16, 7 seeds (bench/README.md): ES .973, GS .959, LS other .988, same .969; the paper's
     # plain norm at reg 1e-3 gave .91 / .90 / .99 / .98 (key shrinkage 0.1, old calibration)
     "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small"), editor_reg=5e-4,
-                      editor_l2_metric="locality", editor_locality_weight=0.9),
+                      editor_l2_metric="locality", editor_locality_weight=0.9, editor_key_shrinkage=0.03),
 }
 
 
@@ -118,6 +119,8 @@ def _editor_key(spec: DemoSize) -> dict:
     reg = [spec.editor_reg, spec.editor_l2_metric, spec.editor_locality_weight]
     if reg != [1e-3, "frobenius", 0.5]:  # keys of earlier builds unchanged
         key["reg"] = reg
+    if spec.editor_key_shrinkage != 0.1:
+        key["key_shrinkage"] = spec.editor_key_shrinkage
     return key
 
 
@@ -311,7 +314,8 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
     for name, target, config in (
         ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=spec.editor_reg,
                                                  l2_metric=spec.editor_l2_metric,
-                                                 locality_weight=spec.editor_locality_weight, **common)),
+                                                 locality_weight=spec.editor_locality_weight,
+                                                 key_shrinkage=spec.editor_key_shrinkage, **common)),
         ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **common)),
     ):
         started = time.perf_counter()

@@ -30,7 +30,6 @@ from editor_core.tokens import pair_batch
 from editor_core.types import EditRequest
 
 CHECKPOINT_FORMAT = "smedit-editor-1"
-LEGACY_KEY_SHRINKAGE = 0.1  # what every checkpoint saved without EditorConfig.key_shrinkage used
 
 
 class CheckpointMismatchError(ValueError):
@@ -50,9 +49,9 @@ class EditorConfig:
     token_chunk: int = 4096
     max_length: int = 128
     precondition: str = "full"  # key-covariance ridge: full, diag (huge d_in) or none (MALMEN)
-    # share of the identity in the ridge's key covariance (1 = MALMEN's plain ridge); 0.1 before
-    # 2026-11-29 (checkpoints without the field load with it), 0.03 since: see bench/README.md
-    key_shrinkage: float = 0.03
+    # share of the identity in the ridge's key covariance (1 = MALMEN's plain ridge); the demo's
+    # SMEdit editor uses 0.03 (bench/README.md); checkpoints saved before the field load with 0.1
+    key_shrinkage: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +59,6 @@ class EditorConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "EditorConfig":
         known = {f for f in cls.__dataclass_fields__}
-        data = {"key_shrinkage": LEGACY_KEY_SHRINKAGE, **data}  # saved before the field existed
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

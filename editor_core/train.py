@@ -63,7 +63,7 @@ class TrainConfig:
     include_prompt: bool = True
     max_length: int = 128
     precondition: str = "full"
-    key_shrinkage: float = 0.03  # EditorConfig.key_shrinkage
+    key_shrinkage: float = 0.1  # EditorConfig.key_shrinkage
     # "frobenius" (the paper's norm), "key" (the shift's effect on typical edit keys) or
     # "locality" (the norm mixed with the shift's effect on the batch's unrelated locality prompts)
     l2_metric: str = "frobenius"

@@ -72,8 +72,8 @@ def train_editor(
     init_lr: Optional[float] = typer.Option(
         None, "--init-lr", help="Initial edit step size of the hypernets (default: calibrated on the training edits)."),
     key_shrinkage: float = typer.Option(
-        0.03, "--key-shrinkage", min=1e-6, max=1.0,
-        help="Share of the identity in the solve's key-covariance ridge (1 = MALMEN's plain ridge)."),
+        0.1, "--key-shrinkage", min=1e-6, max=1.0,
+        help="Share of the identity in the solve's key-covariance ridge (1 = MALMEN's plain ridge; the demo uses 0.03)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction"),
     val_every: int = typer.Option(100, "--val-every"),
     limit: int = typer.Option(0, "--limit", help="Use only the first N records (0 = all)."),

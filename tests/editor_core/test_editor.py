@@ -10,7 +10,7 @@ import torch
 from editor_core.arch import default_modules, get_module, last_layer_modules, weight_in_out
 from editor_core.capture import capture_batch
 from editor_core.delta import Delta
-from editor_core.editor import LEGACY_KEY_SHRINKAGE, CheckpointMismatchError, EditorConfig, SMEditor
+from editor_core.editor import CheckpointMismatchError, EditorConfig, SMEditor
 from editor_core.hypernet import KeyMoment
 from editor_core.solve import shift_dense, solve_shift
 from editor_core.state import WeightState
@@ -274,7 +274,7 @@ def test_key_shrinkage_travels_with_the_checkpoint(tokenizer, tmp_path):
     del meta["config"]["key_shrinkage"]
     meta_path.write_text(json.dumps(meta))
     legacy = SMEditor.load(tmp_path / "ed", model, tokenizer)
-    assert legacy.config.key_shrinkage == LEGACY_KEY_SHRINKAGE == 0.1 != EditorConfig().key_shrinkage
+    assert legacy.config.key_shrinkage == 0.1 == EditorConfig().key_shrinkage
 
 
 def test_checkpoint_roundtrip_and_fingerprint_mismatch(tokenizer, tmp_path):
