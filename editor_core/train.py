@@ -222,6 +222,15 @@ def shift_penalty(
     return value, grads
 
 
+def _locality_keys(
+    editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConfig
+) -> dict[str, torch.Tensor] | None:
+    """Keys of the requests' locality prompts on the unedited model, for ``l2_metric="locality"``."""
+    if cfg.reg != "l2" or cfg.l2_metric != "locality":
+        return None
+    return capture_keys(editor.model, editor.module_names, _locality_batch(editor.tokenizer, requests, cfg))
+
+
 def train_step(
     editor: SMEditor,
     requests: Sequence[EditRequest],
@@ -235,10 +244,7 @@ def train_step(
         with torch.no_grad():
             loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
             base_loc = _masked_logprobs(model, loc)
-    locality_keys = None
-    if cfg.reg == "l2" and cfg.l2_metric == "locality":
-        loc = _locality_batch(editor.tokenizer, requests, cfg)
-        locality_keys = capture_keys(model, editor.module_names, loc)  # on the unedited model
+    locality_keys = _locality_keys(editor, requests, cfg)
     records = editor.run_steps(requests, update_stats=True)
     try:
         weight_grads, stats = edited_loss_grads(editor, requests, cfg, base_loc)
@@ -269,6 +275,7 @@ def _objective(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConf
     if cfg.reg == "kl":
         loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
         base_loc = _masked_logprobs(model, loc)
+    locality_keys = _locality_keys(editor, requests, cfg)
     records = editor.run_steps(requests)
     try:
         gen = _generalisation_batch(editor.tokenizer, requests, cfg).to(editor.device)
@@ -280,7 +287,7 @@ def _objective(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConf
     finally:
         editor.revert_steps(records)
     if cfg.reg == "l2":
-        loss += cfg.reg_coef * shift_penalty(editor, records, cfg)[0]
+        loss += cfg.reg_coef * shift_penalty(editor, records, cfg, locality_keys)[0]
     return loss
 
 

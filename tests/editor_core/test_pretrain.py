@@ -162,6 +162,18 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     assert len(calls) == 4 and _mtimes(paths.model_dir) == model_before
     assert calls[-1]["modules"] == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
 
+    # the SMEdit editor's regulariser and key shrinkage reach its training and its stamp key
+    monkeypatch.setitem(demo_mod.DEMO_SIZES, "tiny", replace(spec, editor_reg=5e-4, editor_l2_metric="locality",
+                                                             editor_locality_weight=0.9, editor_key_shrinkage=0.03))
+    build_demo(tmp_path, size="tiny", progress=False, train_editor=True)
+    assert len(calls) == 6 and _mtimes(paths.model_dir) == model_before
+    smedit = calls[-2]
+    assert (smedit["reg_coef"], smedit["l2_metric"], smedit["locality_weight"], smedit["key_shrinkage"]) == (
+        5e-4, "locality", 0.9, 0.03)
+    assert "key_shrinkage" not in calls[-1]  # MALMEN keeps the library's ridge
+    stamp = json.loads(paths.stamp_json.read_text())["editors"]
+    assert stamp["reg"] == [5e-4, "locality", 0.9] and stamp["key_shrinkage"] == 0.03
+
 
 def test_failed_build_leaves_nothing_that_looks_complete(micro, tmp_path, monkeypatch):
     def boom(*args, **kwargs):

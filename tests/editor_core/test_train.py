@@ -209,3 +209,20 @@ def test_step_size_calibration_averages_batches_and_refines_the_grid(tokenizer, 
     assert all(math.isclose(net.log_lr.weight.detach().exp().max().item(), lr, rel_tol=1e-6)
                for nets in editor.nets for net in nets.values())
 
+
+
+def test_step_size_calibration_scores_the_locality_metric_training_uses(tokenizer):
+    """The calibration objective's L2 term is measured as training measures it (l2_metric)."""
+    from editor_core.train import _objective
+
+    editor = SMEditor(build_tiny("gpt2", len(tokenizer)), tokenizer)
+    for nets in editor.nets:
+        for net in nets.values():
+            net.log_lr.weight.data.fill_(0.0)  # a step size that moves the weights visibly
+
+    def objective(**kw) -> float:
+        return _objective(editor, REQUESTS, TrainConfig(reg_coef=1e3, **kw))
+
+    plain = objective(l2_metric="frobenius")
+    assert objective(l2_metric="locality", locality_weight=0.0) == pytest.approx(plain, rel=1e-5)
+    assert objective(l2_metric="locality", locality_weight=1.0) != pytest.approx(plain, rel=1e-3)
