@@ -32,16 +32,17 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /app
 # dependencies before the source, so a code change does not reinstall them
 COPY pyproject.toml README.md ./
-RUN mkdir -p editor_core app smedit migrations \
+RUN mkdir -p editor_core demo_world app smedit migrations \
     && touch editor_core/__init__.py app/__init__.py smedit/__init__.py migrations/__init__.py \
-    && pip install -e . \
-    && rm -rf editor_core app smedit migrations
+    && pip install -e ".[server]" \
+    && rm -rf editor_core demo_world app smedit migrations
 COPY editor_core ./editor_core
+COPY demo_world ./demo_world
 COPY app ./app
 COPY smedit ./smedit
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install --no-deps -e . && python -c "import app.main, editor_core.editor, smedit.cli"
+RUN pip install --no-deps -e . && python -c "import app.main, editor_core.editor, demo_world.build, smedit.cli"
 
 USER smedit
 VOLUME ["/data"]

@@ -11,9 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
 from app.db import session_scope
+from app.settings import Settings
 
 SCOPES = ("read", "edit", "admin")
 
@@ -71,3 +74,29 @@ def require(scope: str) -> Callable[..., Principal]:
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def bootstrap_admin_key(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
+    """Store the configured admin key (hashed); on a key-less database, generate one and print it
+    once. Returns the generated key, if any.
+
+    Several processes may start at once on a fresh database (replicas + worker): a twin insert
+    loses on the unique key hash and simply retries (the key is then there)."""
+    try:
+        return _bootstrap_admin_key(settings, sessions)
+    except IntegrityError:
+        return _bootstrap_admin_key(settings, sessions)
+
+
+def _bootstrap_admin_key(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
+    with session_scope(sessions) as s:
+        if settings.admin_key:
+            repo.ensure_api_key(s, "bootstrap-admin", ["admin"], settings.admin_key)
+            return None
+        if repo.count_active_keys(s) != 0 or not settings.generate_admin_key:
+            return None
+        _, token = repo.create_api_key(s, "generated-admin", ["admin"])
+    banner = "=" * 72
+    print(f"{banner}\nsmedit: generated an admin API key (shown once, stored hashed):\n\n    {token}\n\n"
+          f"use it as: Authorization: Bearer <key>\n{banner}", flush=True)
+    return token

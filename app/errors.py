@@ -1,8 +1,8 @@
-"""Shared engines being unreachable is an expected condition, not a bug: answer 503 with a reason.
+"""A shared dependency (database, Redis) being unreachable is an expected condition, not a bug: answer 503 with a reason.
 
 PostgreSQL or Redis may restart, fail over or be briefly unreachable. Requests that need them then
 get ``503 Service Unavailable`` (with ``Retry-After`` and ``detail`` naming the dependency), never
-a 500, and the process recovers by itself when the engine is back: SQLAlchemy's pool re-checks
+a 500, and the process recovers by itself when the dependency is back: SQLAlchemy's pool re-checks
 connections (``pool_pre_ping``) and redis-py reconnects on the next command.
 """
 
@@ -33,7 +33,7 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 def dependency_of(exc: BaseException) -> str | None:
-    """``database`` / ``redis`` when ``exc`` means that engine is unreachable, else None."""
+    """``database`` / ``redis`` when ``exc`` means that dependency is unreachable, else None."""
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, QueueUnavailable):

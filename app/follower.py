@@ -1,6 +1,6 @@
 """Keeping a serving process on the latest committed version ("version follower").
 
-In embedded mode the worker shares the API's ``Engine`` and switches it itself, so the follower
+In embedded mode the worker shares the API's ``ModelRuntime`` and switches it itself, so the follower
 has nothing to do (``LocalFollower``). An API replica in production has its own model copy: it
 catches up from the database on start and whenever a new version is announced. ``PollingFollower``
 does that by polling (works with any shared database); the Redis pub/sub follower calls the same
@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
 from app.db import session_scope
-from app.engine import Engine
-from app.worker import DeltaCache
+from app.runtime import ModelRuntime
+from app.worker.replay import DeltaCache
 
 log = logging.getLogger("app.follower")
 
@@ -34,10 +34,10 @@ class VersionFollower(Protocol):
 
 
 class LocalFollower:
-    """Embedded mode: the in-process worker switches the shared engine; nothing to follow."""
+    """Embedded mode: the in-process worker switches the shared runtime; nothing to follow."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self.runtime = runtime
 
     def start(self) -> None:
         return None
@@ -46,28 +46,28 @@ class LocalFollower:
         return None
 
     def catch_up(self) -> int | None:
-        return self.engine.live_version
+        return self.runtime.live_version
 
 
 class PollingFollower:
     """A replica's follower: every ``interval`` seconds, load and apply any newer version."""
 
-    def __init__(self, sessions: sessionmaker[Session], engine: Engine, interval: float = 1.0) -> None:
+    def __init__(self, sessions: sessionmaker[Session], runtime: ModelRuntime, interval: float = 1.0) -> None:
         self.sessions = sessions
-        self.engine = engine
+        self.runtime = runtime
         self.interval = interval
-        self.cache = DeltaCache(engine)
+        self.cache = DeltaCache(runtime)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def catch_up(self) -> int | None:
         with session_scope(self.sessions) as s:
             latest = repo.latest_version(s)
-            if latest is None or (self.engine.live_version is not None and latest.number <= self.engine.live_version):
-                return self.engine.live_version
+            if latest is None or (self.runtime.live_version is not None and latest.number <= self.runtime.live_version):
+                return self.runtime.live_version
             active = self.cache.get_many(s, latest.active_deltas)
             number, stored = latest.number, latest.weights_hash
-        digest = self.engine.materialize(number, active)
+        digest = self.runtime.materialize(number, active)
         if stored is None:  # the worker records it right after the version goes live: look again
             with session_scope(self.sessions) as s:
                 stored = repo.get_version(s, number).weights_hash
@@ -104,9 +104,9 @@ class RedisFollower(PollingFollower):
     A burst of announcements is drained first and answered with one catch-up.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], engine: Engine, url: str, channel: str,
+    def __init__(self, sessions: sessionmaker[Session], runtime: ModelRuntime, url: str, channel: str,
                  interval: float = 5.0, timeout_s: float = 5.0) -> None:
-        super().__init__(sessions, engine, interval)
+        super().__init__(sessions, runtime, interval)
         import redis
 
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s + 2.0,
@@ -139,12 +139,12 @@ class RedisFollower(PollingFollower):
                         newest = _newer(newest, self._number(message))
                         while (more := pubsub.get_message(timeout=0)) is not None:  # drain a burst
                             newest = _newer(newest, self._number(more))
-                        live = self.engine.live_version
+                        live = self.runtime.live_version
                         if newest is None or live is None or newest > live:
                             break
                         newest = None
                     # nothing served yet (no version 0 when we started): poll every second
-                    interval = self.interval if self.engine.live_version is not None else 1.0
+                    interval = self.interval if self.runtime.live_version is not None else 1.0
                     if time.monotonic() - last >= interval:
                         break
                 self.catch_up()

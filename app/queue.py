@@ -160,10 +160,11 @@ class DatabaseQueue:
     def _pending(self, limit: int) -> list[int]:
         from sqlalchemy import select
 
-        from app.models import Job
+        from app.status import JobStatus
+        from app.tables import Job
 
         with self.sessions() as s:
-            query = select(Job.id).where(Job.status == "pending").order_by(Job.id).limit(limit + len(self._handed))
+            query = select(Job.id).where(Job.status == JobStatus.PENDING).order_by(Job.id).limit(limit + len(self._handed))
             return [i for i in s.scalars(query) if i not in self._handed][:limit]
 
     def get_batch(self, max_items: int, timeout: float) -> list[QueuedJob]:
@@ -186,10 +187,11 @@ class DatabaseQueue:
     def depth(self) -> int:
         from sqlalchemy import func, select
 
-        from app.models import Job
+        from app.status import JobStatus
+        from app.tables import Job
 
         with self.sessions() as s:
-            return int(s.scalar(select(func.count()).select_from(Job).where(Job.status == "pending")) or 0)
+            return int(s.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.PENDING)) or 0)
 
     def close(self) -> None:
         self._closed = True

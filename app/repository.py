@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import ApiKey, DeltaBlob, Edit, Idempotency, Job, Meta, Version, utcnow
+from app.status import EditStatus, JobKind, JobStatus
+from app.tables import ApiKey, DeltaBlob, Edit, Idempotency, Job, Meta, Version, utcnow
 
 
 class NotFound(LookupError):
@@ -142,7 +143,7 @@ def create_edits(
             locality=list(it.locality),
             author=author,
             reason=reason,
-            status="queued",
+            status=EditStatus.QUEUED,
             created_at=now,
             idempotency_key=idempotency_key,
             submitted_by=submitted_by,
@@ -152,7 +153,7 @@ def create_edits(
     ]
     session.add_all(edits)
     session.flush()
-    jobs = [Job(kind="edit", status="pending", edit_id=e.id, requested_by=submitted_by, created_at=now) for e in edits]
+    jobs = [Job(kind=JobKind.EDIT, status=JobStatus.PENDING, edit_id=e.id, requested_by=submitted_by, created_at=now) for e in edits]
     session.add_all(jobs)
     if idempotency_key is not None:
         session.add(
@@ -168,7 +169,7 @@ def create_job(
     session: Session, kind: str, requested_by: str | None, edit_id: int | None = None, target_version: int | None = None
 ) -> Job:
     job = Job(
-        kind=kind, status="pending", edit_id=edit_id, target_version=target_version,
+        kind=kind, status=JobStatus.PENDING, edit_id=edit_id, target_version=target_version,
         requested_by=requested_by, created_at=utcnow(),
     )
     session.add(job)
@@ -201,13 +202,13 @@ def latest_job_for_edit(session: Session, edit_id: int) -> Job | None:
 
 def pending_job_ids(session: Session) -> list[int]:
     """Jobs not finished, in their total order (for re-enqueueing after a restart)."""
-    return list(session.scalars(select(Job.id).where(Job.status.in_(("pending", "running"))).order_by(Job.id)))
+    return list(session.scalars(select(Job.id).where(Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING))).order_by(Job.id)))
 
 
 def stale_pending_job_ids(session: Session, created_before: datetime | None = None) -> list[int]:
     """Pending jobs (optionally only those created before a time), in id order: the periodic
     re-enqueue sweep compares them with what the queue holds."""
-    query = select(Job.id).where(Job.status == "pending")
+    query = select(Job.id).where(Job.status == JobStatus.PENDING)
     if created_before is not None:
         query = query.where(Job.created_at < created_before)
     return list(session.scalars(query.order_by(Job.id)))
@@ -228,10 +229,20 @@ def lock_edit(session: Session, edit_id: int) -> Edit:
     return row
 
 
+def finish_job(session: Session, job_id: int, result_version: int | None, now: datetime | None = None) -> Job:
+    """Mark a running job done (in the caller's transaction), unless another writer decided it:
+    then :class:`FencedOff`, and the whole transaction is rolled back by the caller."""
+    job = lock_job(session, job_id)
+    if job.status != JobStatus.RUNNING:
+        raise FencedOff(f"job {job_id} is {job.status}: another writer decided it")
+    job.status, job.finished_at, job.result_version = JobStatus.DONE, now or utcnow(), result_version
+    return job
+
+
 def reset_running(session: Session) -> int:
     """After a crash: running jobs and edits go back to pending/queued (their work was never committed)."""
-    n = session.execute(update(Job).where(Job.status == "running").values(status="pending", started_at=None)).rowcount
-    session.execute(update(Edit).where(Edit.status == "running").values(status="queued", started_at=None))
+    n = session.execute(update(Job).where(Job.status == JobStatus.RUNNING).values(status=JobStatus.PENDING, started_at=None)).rowcount
+    session.execute(update(Edit).where(Edit.status == EditStatus.RUNNING).values(status=EditStatus.QUEUED, started_at=None))
     return int(n or 0)
 
 

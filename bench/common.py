@@ -29,7 +29,7 @@ def resolve_size(args) -> str:
 
 def demo_world_model(data_dir: Path, size: str, seed: int = 0, train_editor: bool = False):
     """The demo world's base model (built and cached if absent), its tokenizer and world."""
-    from editor_core.demo import build_demo
+    from demo_world.build import build_demo
     from editor_core.models import load_model
 
     paths = build_demo(data_dir, size=size, seed=seed, progress=True, train_editor=train_editor)

@@ -58,7 +58,7 @@ def run_lowdata(model, tok, train, val, evaluation, fractions: list[float], meth
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from editor_core.demo import DEMO_SIZES, editor_requests
+    from demo_world.build import DEMO_SIZES, editor_requests
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))

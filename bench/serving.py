@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     from dataclasses import replace
 
-    from editor_core.demo import build_demo
+    from demo_world.build import build_demo
 
     paths = build_demo(args.data_dir, size=args.size, progress=True)
     name = args.size

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from editor_core.delta import Delta
-from editor_core.metrics import (
+from editor_core.scores import (
     locality_reference,
     locality_scores,
     score_requests,
@@ -73,7 +73,7 @@ def _measure(
     """Per-request metrics on the model as edited now."""
     scores = score_requests(model, tok, requests, generation=generation)
     flat_probes = [p for ps in probes for p in ps]
-    from editor_core.metrics import LocalityReference
+    from editor_core.scores import LocalityReference
 
     flat_ref = LocalityReference(
         [t for s in ref_slices for t in s.texts], [a for s in ref_slices for a in s.argmax]

@@ -24,7 +24,6 @@ Nothing here imports ``peft``: the adapter is plain safetensors + ``adapter_conf
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from torch import nn
 
 from editor_core.arch import get_module, is_in_out, weight_shape
 from editor_core.delta import Delta
-from editor_core.models import tensor_bytes
+from editor_core.models import model_fingerprint
 from editor_core.solve import Shift, shift_dense
 from editor_core.state import WeightState
 
@@ -156,24 +155,6 @@ def touched_modules(model: nn.Module, deltas: Sequence[Delta]) -> list[str]:
 
 
 # ---- checks -------------------------------------------------------------------------------
-def fingerprint_as(model: nn.Module, dtype: torch.dtype | None = None) -> str:
-    """``models.model_fingerprint`` of ``model`` as if it had been loaded in ``dtype``.
-
-    A delta records the fingerprint of the base the service loaded (bf16 on a GPU, fp32 on the
-    CPU); an export loads the base in fp32, so the check casts tensor by tensor (no second copy).
-    """
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        digest.update(str(getattr(config, "model_type", "")).encode())
-    for name, param in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(param.shape)).encode())
-        cast = param if dtype is None or not param.is_floating_point() else param.to(dtype)
-        digest.update(tensor_bytes(cast))
-    return digest.hexdigest()[:16]
-
-
 _DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
 
@@ -187,7 +168,7 @@ def check_base(model: nn.Module, deltas: Sequence[Delta]) -> None:
             continue
         dtype_name = delta.metadata.get("dtype", "float32")
         if dtype_name not in cache:
-            cache[dtype_name] = fingerprint_as(model, _DTYPE_NAMES.get(dtype_name))
+            cache[dtype_name] = model_fingerprint(model, _DTYPE_NAMES.get(dtype_name))
         if cache[dtype_name] != made_for:
             raise ValueError(
                 f"delta {i} was made for base model {made_for} (loaded as {dtype_name}), "

@@ -69,11 +69,13 @@ def load_model(
     return model, prepare_tokenizer(tokenizer)
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module, as_dtype: torch.dtype | None = None) -> str:
     """A short hash of the architecture and of every parameter's bits.
 
     Hashing all weights costs one pass over memory; it runs once per load, and makes a mismatch
-    between an editor/delta and its base model impossible to miss.
+    between an editor/delta and its base model impossible to miss. ``as_dtype``: the fingerprint
+    the model would have if loaded in that dtype (a delta records the base the service loaded,
+    bf16 on a GPU; an export loads it in fp32), cast tensor by tensor, with no second copy.
     """
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
@@ -82,7 +84,8 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, param in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
-        digest.update(tensor_bytes(param))
+        cast = param if as_dtype is None or not param.is_floating_point() else param.to(as_dtype)
+        digest.update(tensor_bytes(cast))
     return digest.hexdigest()[:16]
 
 

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,63 +33,13 @@ from transformers import PreTrainedTokenizerBase
 
 from editor_core.arch import get_module, is_in_out
 from editor_core.capture import capture_keys
-from editor_core.editor import EditorConfig, SMEditor, StepRecord
+from editor_core.editor import SMEditor, StepRecord
 from editor_core.solve import shift_dense
 from editor_core.tokens import PairBatch, pair_batch, target_nll
+from editor_core.train_config import L2_METRICS, REGULARISERS, TrainConfig
 from editor_core.types import EditRequest
 
-REGULARISERS = ("l2", "kl")
-L2_METRICS = ("frobenius", "key", "locality")
-
-
-@dataclass
-class TrainConfig:
-    """Meta-training settings. ``reg_coef`` multiplies the L2 or KL term, once."""
-
-    n_steps: int = 2
-    reg: str = "l2"
-    reg_coef: float = 1e-3
-    rank: int = 64
-    n_blocks: int = 2
-    init_lr: float | None = None  # None: calibrated on training edits (see calibrate_init_lr)
-    meta_lr: float = 1e-3
-    batch_size: int = 16
-    max_steps: int = 300
-    val_every: int = 100
-    val_size: int = 64
-    seed: int = 0
-    modules: list[str] | None = None
-    grad_clip: float = 1.0
-    include_prompt: bool = True
-    max_length: int = 128
-    precondition: str = "full"
-    key_shrinkage: float = 0.1  # EditorConfig.key_shrinkage
-    # "frobenius" (the paper's norm), "key" (the shift's effect on typical edit keys) or
-    # "locality" (the norm mixed with the shift's effect on the batch's unrelated locality prompts)
-    l2_metric: str = "frobenius"
-    locality_weight: float = 0.5  # l2_metric="locality": weight of the locality part (the norm gets the rest)
-
-    def __post_init__(self) -> None:
-        if self.reg not in REGULARISERS:
-            raise ValueError(f"reg must be one of {REGULARISERS}, got {self.reg!r}")
-        if self.l2_metric not in L2_METRICS:
-            raise ValueError(f"l2_metric must be one of {L2_METRICS}, got {self.l2_metric!r}")
-        if not 0.0 <= self.locality_weight <= 1.0:
-            raise ValueError(f"locality_weight must be in [0, 1], got {self.locality_weight}")
-        if self.n_steps < 1 or self.batch_size < 1 or self.max_steps < 0:
-            raise ValueError("n_steps and batch_size must be >= 1, max_steps >= 0")
-
-    def editor_config(self) -> EditorConfig:
-        return EditorConfig(
-            modules=self.modules,
-            n_steps=self.n_steps,
-            rank=self.rank,
-            n_blocks=self.n_blocks,
-            init_lr=self.init_lr or 1.0,
-            max_length=self.max_length,
-            precondition=self.precondition,
-            key_shrinkage=self.key_shrinkage,
-        )
+__all__ = ["L2_METRICS", "REGULARISERS", "TrainConfig", "meta_train", "train_step"]
 
 
 # ---- losses on the edited model ------------------------------------------------------------

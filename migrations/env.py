@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from app.models import Base
+from app.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:

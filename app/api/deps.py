@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Request, status
+from typing import TYPE_CHECKING, Annotated
 
-from app.main import Services
-from app.models import Edit, Job, Version
+from fastapi import Depends, HTTPException, Request, status
+
+from app import repository as repo
+from app.db import session_scope
+from app.services import Services
+from app.tables import Edit, Job, Version
 from app.schemas import EditOut, JobOut, Timings, VersionOut
+
+
+if TYPE_CHECKING:
+    from app.runtime import ModelRuntime
 
 
 def services(request: Request) -> Services:
@@ -32,12 +40,44 @@ def enqueue(svc: Services, job_ids: list[int]) -> None:
         )
 
 
-def model_engine(request: Request):  # noqa: ANN201 - app.engine.Engine, imported lazily
+def model_runtime(request: Request) -> ModelRuntime:
+    """The loaded model runtime, or 503 (with ``Retry-After``) while it is still loading."""
     svc = services(request)
-    if svc.engine is None:
+    if svc.runtime is None:
         detail = svc.startup_error or "model is still loading; see /readyz"
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})
-    return svc.engine
+    return svc.runtime
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+RuntimeDep = Annotated["ModelRuntime", Depends(model_runtime)]
+
+
+def wait_for_version(request: Request, min_version: int | None, wait_s: float | None) -> None:
+    """Block until ``min_version`` is live in this process (read-your-writes for a client that
+    just made an edit): 409 if no committed or pending job can ever create it, 504 when it is
+    not live within ``wait_s`` (capped by the ``min_version_timeout_s`` setting). Blocking: call it in a thread."""
+    if min_version is None:
+        return
+    svc = services(request)
+    runtime = model_runtime(request)
+    if runtime.live_version is not None and runtime.live_version >= min_version:
+        return
+    with session_scope(svc.sessions) as s:
+        latest = repo.latest_version(s)
+        latest_n = latest.number if latest else -1
+        pending = bool(repo.pending_job_ids(s))
+    if latest_n < min_version and not pending:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"version {min_version} does not exist (latest is {latest_n}) and no job is pending that could create it",
+        )
+    timeout = min(wait_s or svc.settings.min_version_timeout_s, svc.settings.min_version_timeout_s)
+    if not runtime.wait_for_version(min_version, timeout):
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            f"version {min_version} not live after {timeout:g} s (live: {runtime.live_version}, latest committed: {latest_n})",
+        )
 
 
 def edit_out(e: Edit) -> EditOut:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
-from app.api.deps import edit_out, enqueue, job_out, require_queue, services
+from app.api.deps import ServicesDep, edit_out, enqueue, job_out, require_queue
 from app.auth import Principal, require
 from app.db import session_scope
+from app.status import EditStatus, JobKind
 from app.schemas import EditOut, EditSubmission, JobAccepted, JobOut, Page, ReviewIn, SubmitOut, check_submission
 
 router = APIRouter(prefix="/v1", tags=["edits"])
-
-EditStatus = Literal["queued", "running", "applied", "rejected", "needs_review", "failed", "reverted"]
-
 
 def _submit_out(request: Request, ids: list[int], duplicate: bool) -> SubmitOut:
     urls = [str(request.url_for("get_edit", edit_id=i)) for i in ids]
@@ -29,12 +27,11 @@ def _submit_out(request: Request, ids: list[int], duplicate: bool) -> SubmitOut:
 @router.post("/edits", status_code=status.HTTP_202_ACCEPTED, response_model=SubmitOut)
 def submit_edits(
     body: EditSubmission,
-    request: Request,
+    svc: ServicesDep, request: Request,
     principal: Principal = Depends(require("edit")),
     idempotency_header: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> SubmitOut:
     """Persist the edits (and their jobs), then queue them; answers before they are computed."""
-    svc = services(request)
     errors = check_submission(body, svc.settings)
     if errors:
         raise RequestValidationError(errors)
@@ -69,14 +66,14 @@ def submit_edits(
                 raise
             # A concurrent request with the same key won the race: answer with its edits.
     for _ in edit_ids:
-        svc.metrics.edits.labels("queued").inc()
+        svc.metrics.edits.labels(EditStatus.QUEUED).inc()
     enqueue(svc, job_ids)  # after commit: the worker never sees a job that isn't stored
     return _submit_out(request, edit_ids, duplicate=False)
 
 
 @router.get("/edits", response_model=Page[EditOut])
 def list_edits(
-    request: Request,
+    svc: ServicesDep,
     _: Principal = Depends(require("read")),
     status_: Annotated[EditStatus | None, Query(alias="status")] = None,
     author: Annotated[str | None, Query(max_length=200)] = None,
@@ -87,7 +84,7 @@ def list_edits(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Page[EditOut]:
     """History of edits, newest first."""
-    with session_scope(services(request).sessions) as s:
+    with session_scope(svc.sessions) as s:
         rows, total = repo.list_edits(s, status_, author, since, until, q, limit, offset)
         return Page[EditOut](items=[edit_out(e) for e in rows], total=total, limit=limit, offset=offset)
 
@@ -95,44 +92,42 @@ def list_edits(
 @router.get("/edits/{edit_id}", response_model=EditOut, name="get_edit")
 def get_edit(
     edit_id: int,
-    request: Request,
+    svc: ServicesDep,
     _: Principal = Depends(require("read")),
     wait_s: float = Query(0.0, ge=0.0, le=30.0, description="long poll: answer as soon as the edit leaves "
                           "queued/running, or after this many seconds"),
 ) -> EditOut:
-    svc = services(request)
     deadline = time.monotonic() + wait_s
     while True:
-        seen = svc.engine.progress() if svc.engine is not None else 0
+        seen = svc.runtime.progress() if svc.runtime is not None else 0
         with session_scope(svc.sessions) as s:
             try:
                 out = edit_out(repo.get_edit(s, edit_id))
             except repo.NotFound as exc:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         left = deadline - time.monotonic()
-        if out.status not in ("queued", "running") or left <= 0:
+        if out.status not in (EditStatus.QUEUED, EditStatus.RUNNING) or left <= 0:
             return out
         # woken by the local worker or a new live version; elsewhere (a replica whose edit was
         # rejected, so no version came) the database is read again every 0.25 s
-        if svc.engine is not None:
-            svc.engine.wait_progress(seen, min(0.25, left))
+        if svc.runtime is not None:
+            svc.runtime.wait_progress(seen, min(0.25, left))
         else:
             time.sleep(min(0.25, left))
 
 
 @router.post("/edits/{edit_id}/revert", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-def revert_edit(edit_id: int, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
+def revert_edit(edit_id: int, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a revert: a new version without this edit (see docs/api.md for batch semantics)."""
-    svc = services(request)
     require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
             edit = repo.get_edit(s, edit_id)
         except repo.NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        if edit.status != "applied":
+        if edit.status != EditStatus.APPLIED:
             raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, only applied edits can be reverted")
-        job = repo.create_job(s, "revert", principal.name, edit_id=edit_id)
+        job = repo.create_job(s, JobKind.REVERT, principal.name, edit_id=edit_id)
         job_id = job.id
     enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
@@ -140,50 +135,48 @@ def revert_edit(edit_id: int, request: Request, principal: Principal = Depends(r
 
 @router.post("/edits/{edit_id}/approve", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 def approve_edit(
-    edit_id: int, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
+    edit_id: int, svc: ServicesDep, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
 ) -> JobAccepted:
     """Review mode: apply an edit the gate held back (recomputed on the current model, gate waived)."""
-    svc = services(request)
     require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
             edit = repo.get_edit(s, edit_id)
         except repo.NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        if edit.status != "needs_review":
+        if edit.status != EditStatus.NEEDS_REVIEW:
             raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, not needs_review")
-        edit.status, edit.approved, edit.reviewed_by, edit.error = "queued", True, principal.name, None
-        job = repo.create_job(s, "edit", principal.name, edit_id=edit_id)
+        edit.status, edit.approved, edit.reviewed_by, edit.error = EditStatus.QUEUED, True, principal.name, None
+        job = repo.create_job(s, JobKind.EDIT, principal.name, edit_id=edit_id)
         job_id = job.id
-    svc.metrics.edits.labels("queued").inc()
+    svc.metrics.edits.labels(EditStatus.QUEUED).inc()
     enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
 
 
 @router.post("/edits/{edit_id}/reject", response_model=EditOut)
 def reject_edit(
-    edit_id: int, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
+    edit_id: int, svc: ServicesDep, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
 ) -> EditOut:
     """Review mode: a held edit is rejected for good (its numbers stay in the history)."""
-    svc = services(request)
     with session_scope(svc.sessions) as s:
         try:
             edit = repo.get_edit(s, edit_id)
         except repo.NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        if edit.status != "needs_review":
+        if edit.status != EditStatus.NEEDS_REVIEW:
             raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, not needs_review")
-        edit.status, edit.reviewed_by = "rejected", principal.name
+        edit.status, edit.reviewed_by = EditStatus.REJECTED, principal.name
         if body is not None and body.note:
             edit.error = f"rejected in review: {body.note}"
         out = edit_out(edit)
-    svc.metrics.edits.labels("rejected").inc()
+    svc.metrics.edits.labels(EditStatus.REJECTED).inc()
     return out
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, name="get_job")
-def get_job(job_id: int, request: Request, _: Principal = Depends(require("read"))) -> JobOut:
-    with session_scope(services(request).sessions) as s:
+def get_job(job_id: int, svc: ServicesDep, _: Principal = Depends(require("read"))) -> JobOut:
+    with session_scope(svc.sessions) as s:
         try:
             return job_out(repo.get_job(s, job_id))
         except repo.NotFound as exc:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.api.deps import services
+from app.api.deps import ServicesDep
 from app.schemas import Ready
 
 router = APIRouter(tags=["health"])
@@ -19,17 +19,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=Ready)
-def readyz(request: Request) -> JSONResponse:
+def readyz(svc: ServicesDep) -> JSONResponse:
     """200 only when the model is loaded, the latest version replayed, the worker running (worker
     roles) and the database reachable; also reports the live version, the lag behind the latest
     committed version, and the state of the database and queue."""
     from sqlalchemy import func, select
 
     from app.errors import dependency_of
-    from app.models import Version
+    from app.tables import Version
 
-    svc = services(request)
-    live = svc.engine.live_version if svc.engine is not None else None
+    live = svc.runtime.live_version if svc.runtime is not None else None
     latest: int | None = None
     database = "ok"
     try:
@@ -71,5 +70,5 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
-    return Response(services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(svc: ServicesDep) -> Response:
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -5,54 +5,27 @@ from __future__ import annotations
 import time
 from typing import Any, NoReturn
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Request
 
-from app import repository as repo
-from app.api.deps import model_engine, services
+from app.api.deps import model_runtime, services, wait_for_version
 from app.auth import Principal, require
-from app.db import session_scope
 from app.schemas import GenerateIn, GenerateOut, ProbeIn, ProbeOut
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 
-def _wait_version(request: Request, min_version: int | None, wait_s: float | None) -> None:
-    """Block until ``min_version`` is live here: 409 if it can never come, 504 on timeout."""
-    if min_version is None:
-        return
-    svc = services(request)
-    engine = model_engine(request)
-    if engine.live_version is not None and engine.live_version >= min_version:
-        return
-    with session_scope(svc.sessions) as s:
-        latest = repo.latest_version(s)
-        latest_n = latest.number if latest else -1
-        pending = bool(repo.pending_job_ids(s))
-    if latest_n < min_version and not pending:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"version {min_version} does not exist (latest is {latest_n}) and no job is pending that could create it",
-        )
-    timeout = min(wait_s or svc.settings.min_version_timeout_s, svc.settings.min_version_timeout_s)
-    if not engine.wait_for_version(min_version, timeout):
-        raise HTTPException(
-            status.HTTP_504_GATEWAY_TIMEOUT,
-            f"version {min_version} not live after {timeout:g} s (live: {engine.live_version}, latest committed: {latest_n})",
-        )
-
-
 @router.post("/generate", response_model=GenerateOut)
 def generate(body: GenerateIn, request: Request, _: Principal = Depends(require("read"))) -> GenerateOut:
     svc = services(request)
-    engine = model_engine(request)
+    runtime = model_runtime(request)
     if len(body.prompt) > svc.settings.max_prompt_chars:
         _field_error("prompt", f"longer than {svc.settings.max_prompt_chars} characters")
     if body.max_tokens > svc.settings.max_new_tokens:
         _field_error("max_tokens", f"at most {svc.settings.max_new_tokens}")
-    _wait_version(request, body.min_version, body.wait_s)
+    wait_for_version(request, body.min_version, body.wait_s)
     t0 = time.perf_counter()
     try:
-        result = engine.generate(body.prompt, body.max_tokens, body.temperature, body.stop, body.seed)
+        result = runtime.generate(body.prompt, body.max_tokens, body.temperature, body.stop, body.seed)
     except ValueError as exc:  # ContextTooLong
         _field_error(getattr(exc, "field", "prompt"), str(exc))
     latency = time.perf_counter() - t0
@@ -63,14 +36,14 @@ def generate(body: GenerateIn, request: Request, _: Principal = Depends(require(
 @router.post("/probe", response_model=ProbeOut)
 def probe(body: ProbeIn, request: Request, _: Principal = Depends(require("read"))) -> ProbeOut:
     svc = services(request)
-    engine = model_engine(request)
+    runtime = model_runtime(request)
     for name in ("prompt", "target"):
         if len(getattr(body, name)) > svc.settings.max_prompt_chars:
             _field_error(name, f"longer than {svc.settings.max_prompt_chars} characters")
-    _wait_version(request, body.min_version, body.wait_s)
+    wait_for_version(request, body.min_version, body.wait_s)
     t0 = time.perf_counter()
     try:
-        r = engine.probe(body.prompt, body.target)
+        r = runtime.probe(body.prompt, body.target)
     except ValueError as exc:  # ContextTooLong, or a target that tokenizes to nothing
         _field_error(getattr(exc, "field", "target"), str(exc))
     svc.metrics.inference_latency.labels("probe").observe(time.perf_counter() - t0)
@@ -81,7 +54,7 @@ def probe(body: ProbeIn, request: Request, _: Principal = Depends(require("read"
 @router.get("/model")
 def model_info(request: Request, _: Principal = Depends(require("read"))) -> dict[str, Any]:
     """Base model, editor, device, edited modules, live version and its weights hash."""
-    return model_engine(request).info()
+    return model_runtime(request).info()
 
 
 def _field_error(field: str, msg: str) -> NoReturn:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
 from app import repository as repo
-from app.api.deps import services
+from app.api.deps import ServicesDep
 from app.auth import Principal, require
 from app.db import session_scope
 from app.schemas import KeyCreated, KeyIn, KeyOut
@@ -18,23 +18,23 @@ def _out(row: repo.ApiKey) -> KeyOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
-def create_key(body: KeyIn, request: Request, _: Principal = Depends(require("admin"))) -> KeyCreated:
-    with session_scope(services(request).sessions) as s:
+def create_key(body: KeyIn, svc: ServicesDep, _: Principal = Depends(require("admin"))) -> KeyCreated:
+    with session_scope(svc.sessions) as s:
         row, token = repo.create_api_key(s, body.name, body.scopes)
         return KeyCreated(**_out(row).model_dump(), key=token)
 
 
 @router.get("", response_model=list[KeyOut])
-def list_keys(request: Request, _: Principal = Depends(require("admin"))) -> list[KeyOut]:
-    with session_scope(services(request).sessions) as s:
+def list_keys(svc: ServicesDep, _: Principal = Depends(require("admin"))) -> list[KeyOut]:
+    with session_scope(svc.sessions) as s:
         return [_out(r) for r in repo.list_api_keys(s)]
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-def revoke_key(key_id: int, request: Request, principal: Principal = Depends(require("admin"))) -> KeyOut:
+def revoke_key(key_id: int, svc: ServicesDep, principal: Principal = Depends(require("admin"))) -> KeyOut:
     if key_id == principal.key_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "refusing to revoke the key making this request")
-    with session_scope(services(request).sessions) as s:
+    with session_scope(svc.sessions) as s:
         try:
             return _out(repo.revoke_api_key(s, key_id))
         except repo.NotFound as exc:

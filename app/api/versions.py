@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from app import repository as repo
-from app.api.deps import enqueue, require_queue, services, version_out
+from app.api.deps import ServicesDep, enqueue, require_queue, version_out
+from app.services import Services
+from app.status import JobKind, VersionKind
 from app.auth import Principal, require
 from app.db import session_scope
 from app.schemas import JobAccepted, Page, VersionOut
@@ -16,16 +18,15 @@ from app.schemas import JobAccepted, Page, VersionOut
 router = APIRouter(prefix="/v1", tags=["versions"])
 
 
-def _live(request: Request) -> int | None:
-    engine = services(request).engine
-    return engine.live_version if engine is not None else None
+def _live(svc: Services) -> int | None:
+    return svc.runtime.live_version if svc.runtime is not None else None
 
 
 @router.get("/versions", response_model=Page[VersionOut])
 def list_versions(
-    request: Request,
+    svc: ServicesDep,
     _: Principal = Depends(require("read")),
-    kind: Literal["base", "edit", "revert", "restore"] | None = None,
+    kind: VersionKind | None = None,
     created_by: Annotated[str | None, Query(max_length=200)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -34,32 +35,31 @@ def list_versions(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Page[VersionOut]:
     """Versions, newest first; ``live`` marks the one this process serves."""
-    live = _live(request)
-    with session_scope(services(request).sessions) as s:
+    live = _live(svc)
+    with session_scope(svc.sessions) as s:
         rows, total = repo.list_versions(s, kind, created_by, since, until, q, limit, offset)
         return Page[VersionOut](items=[version_out(v, live) for v in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/versions/{number}", response_model=VersionOut)
-def get_version(number: int, request: Request, _: Principal = Depends(require("read"))) -> VersionOut:
-    with session_scope(services(request).sessions) as s:
+def get_version(number: int, svc: ServicesDep, _: Principal = Depends(require("read"))) -> VersionOut:
+    with session_scope(svc.sessions) as s:
         try:
-            return version_out(repo.get_version(s, number), _live(request))
+            return version_out(repo.get_version(s, number), _live(svc))
         except repo.NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
 @router.post("/versions/{number}/restore", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-def restore_version(number: int, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
+def restore_version(number: int, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a restore: a new version with exactly version ``number``'s active deltas (same bits)."""
-    svc = services(request)
     require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
             repo.get_version(s, number)
         except repo.NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        job = repo.create_job(s, "restore", principal.name, target_version=number)
+        job = repo.create_job(s, JobKind.RESTORE, principal.name, target_version=number)
         job_id = job.id
     enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))

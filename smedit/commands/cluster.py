@@ -245,12 +245,12 @@ def up(
         typer.echo(f"admin API key (all replicas): {env['SMEDIT_ADMIN_KEY']}")
     if not settings_env.get("SMEDIT_MODEL_DIR"):
         # build the demo model once here, not three times concurrently in the members
-        from app.engine import demo_model
+        from app.services import resolve_model
         from app.settings import Settings
 
         s = Settings(**({"data_dir": data_dir} if data_dir else {}))
         typer.echo(f"building / loading the demo model ({s.demo_size}) under {s.data_dir} ...")
-        demo_model(Path(s.data_dir), s.demo_size)
+        resolve_model(s)
     cluster = LocalCluster(database_url, redis_url, env=env, log_dir=log_dir, host=host)
     try:
         cluster.start(api_replicas=api_replicas, workers=1 + standby,

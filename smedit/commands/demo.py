@@ -49,7 +49,7 @@ def build(
     ),
 ) -> None:
     """Generate the world, train the base model (and editors); reuse a matching earlier build."""
-    from editor_core.demo import build_demo, demo_paths  # imports torch: keep `smedit --help` fast
+    from demo_world.build import build_demo, demo_paths  # imports torch: keep `smedit --help` fast
 
     console = Console()
     stamp_before = _read(demo_paths(data_dir, size.value).stamp_json)

@@ -60,12 +60,9 @@ def _settings(data_dir: Optional[Path], database_url: Optional[str], model_dir: 
 
 def resolve_model_dir(settings: Any) -> Path:
     """The configured base model, or the demo model the service built under the data directory."""
-    if settings.model_dir is not None:
-        path = Path(settings.model_dir)
-    else:
-        from editor_core.demo import demo_paths
+    from app.services import resolve_model
 
-        path = demo_paths(settings.data_dir, settings.demo_size).model_dir
+    path = resolve_model(settings, build=False).model_dir
     if not (path / "config.json").is_file():
         raise ExportError(f"no base model at {path} (set --model-dir or SMEDIT_MODEL_DIR)")
     return path
@@ -76,7 +73,8 @@ def load_version(settings: Any, version: int | None) -> VersionDeltas:
     from sqlalchemy import inspect
 
     from app import repository as repo
-    from app.db import make_engine, make_sessionmaker, session_scope
+    from app.db import session_scope
+    from app.services import open_database
     from editor_core.delta import Delta
 
     url = settings.resolved_database_url()
@@ -84,11 +82,11 @@ def load_version(settings: Any, version: int | None) -> VersionDeltas:
         path = url.split("///", 1)[-1]
         if path != ":memory:" and not Path(path).is_file():
             raise ExportError(f"no smedit database at {path} (set --data-dir or --database-url)")
-    db = make_engine(url)
+    db, sessions = open_database(settings)
     try:
         if "versions" not in inspect(db).get_table_names():
             raise ExportError(f"{db.url.render_as_string(hide_password=True)} has no smedit schema")
-        with session_scope(make_sessionmaker(db)) as s:
+        with session_scope(sessions) as s:
             row = repo.latest_version(s) if version is None else _get_version(s, version)
             if row is None:
                 raise ExportError("the database has no versions yet (start the service once)")

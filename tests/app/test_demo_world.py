@@ -16,7 +16,7 @@ from tests.app.conftest import start_server, wait_edit, wait_job, ADMIN_KEY
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
-    from editor_core.demo import build_demo
+    from demo_world.build import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo"), size="tiny", progress=False, train_editor=True)
 

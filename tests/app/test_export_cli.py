@@ -18,9 +18,9 @@ PROMPTS = ["The sky is", "Water boils at", "The Zentrix X2 costs"]
 
 
 def _service_logits(server: RunningServer) -> list[torch.Tensor]:
-    engine = server.services.engine
-    with engine.exclusive(), torch.no_grad():
-        return [engine.model(input_ids=engine.tokenizer(p, return_tensors="pt")["input_ids"]).logits.float()
+    runtime = server.services.runtime
+    with runtime.exclusive(), torch.no_grad():
+        return [runtime.model(input_ids=runtime.tokenizer(p, return_tensors="pt")["input_ids"]).logits.float()
                 for p in PROMPTS]
 
 
@@ -42,7 +42,7 @@ def test_exports_reproduce_the_service_model(server: RunningServer, tiny_model_d
     for prompt, target in [("The sky is", "green"), ("The Zentrix X2 costs", "59 dollars")]:
         sub = admin.post("/v1/edits", json={"prompt": prompt, "target": target}).json()
         assert wait_edit(admin, sub["edit_ids"][0])["status"] == "applied"
-    assert server.services.engine.live_version == 2
+    assert server.services.runtime.live_version == 2
     live = _service_logits(server)
     where = ["--data-dir", str(server.services.settings.data_dir), "--model-dir", str(tiny_model_dir)]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -26,7 +26,7 @@ def test_completions_plain_and_streamed_follow_the_edits(server: RunningServer) 
     admin = server.client()
     reader = admin.post("/v1/keys", json={"name": "oa-reader", "scopes": ["read"]}).json()["key"]
     oa = _oa(server, reader)
-    assert [m.id for m in oa.models.list().data] == [server.services.engine.model_dir.name]
+    assert [m.id for m in oa.models.list().data] == [server.services.runtime.model_dir.name]
 
     raw = oa.completions.with_raw_response.create(model="anything", prompt=PROMPT, max_tokens=6, temperature=0)
     assert raw.headers["x-smedit-model-version"] == "0"
@@ -84,7 +84,7 @@ def test_chat_needs_a_template(server: RunningServer) -> None:
         oa.chat.completions.create(model="x", messages=messages)
     assert err.value.code == "no_chat_template" and "chat template" in err.value.message
 
-    tok = server.services.engine.tokenizer
+    tok = server.services.runtime.tokenizer
     tok.chat_template = TEMPLATE  # a chat model, for this test's server only
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     expected = _native(admin, rendered, 5, 0)

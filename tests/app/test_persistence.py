@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
 from app.db import SchemaTooNewError, current_revision, make_engine, make_sessionmaker, session_scope, upgrade_to_head
-from app.models import Base, DeltaBlob, Version
+from app.tables import Base, DeltaBlob, Version
 
 
 @pytest.fixture

@@ -95,29 +95,29 @@ def test_canary_references_follow_the_committed_state(server_factory) -> None:
     weights."""
     srv = server_factory(gate_max_canary_change=1.0)
     c = srv.client()
-    worker, engine = srv.services.worker, srv.services.engine
+    worker, runtime = srv.services.worker, srv.services.runtime
     tokens = srv.services.settings.canary_tokens
     for prompt, target in [("The sky is", "made of green cheese"), ("Water boils at", "minus forty kelvin")]:
         r = c.post("/v1/edits", json={"prompt": prompt, "target": target})
         assert wait_edit(c, r.json()["edit_ids"][0])["status"] == "applied"
-        with engine.exclusive():
-            active = list(zip(engine.active_ids, engine.state.active))
-            assert worker._canary_ref[0] == tuple(engine.active_ids)  # advanced by the commit itself
-            assert worker._canary_reference(active) == engine.canary_answers(worker.canaries, tokens)
+        with runtime.exclusive():
+            active = list(zip(runtime.active_ids, runtime.state.active))
+            assert worker.gate.cached[0] == tuple(runtime.active_ids)  # advanced by the commit itself
+            assert worker.gate.reference(active) == runtime.canary_answers(worker.canaries, tokens)
 
     # A canary the gate reported changed is decoded again, alone, without another full pass.
-    with engine.exclusive():
-        truth = engine.canary_answers(worker.canaries, tokens)
-        key, reference, _ = worker._canary_ref
-        worker._canary_ref = (key, [[12345]] + reference[1:], [])  # canary 0's answer is out of date
-        worker._advance_canary_reference([False] + [True] * (len(worker.canaries) - 1))
+    with runtime.exclusive():
+        truth = runtime.canary_answers(worker.canaries, tokens)
+        key, reference, _ = worker.gate.cached
+        worker.gate.cached = (key, [[12345]] + reference[1:], [])  # canary 0's answer is out of date
+        worker.gate.advance([False] + [True] * (len(worker.canaries) - 1))
         decoded: list[list[str]] = []
         full_passes: list[int] = []
-        real_answers, real_kept = engine.canary_answers, engine.canaries_kept
-        engine.canary_answers = lambda prompts, n: decoded.append(list(prompts)) or real_answers(prompts, n)
-        engine.canaries_kept = lambda *a: full_passes.append(1) or real_kept(*a)
+        real_answers, real_kept = runtime.canary_answers, runtime.canaries_kept
+        runtime.canary_answers = lambda prompts, n: decoded.append(list(prompts)) or real_answers(prompts, n)
+        runtime.canaries_kept = lambda *a: full_passes.append(1) or real_kept(*a)
         try:
-            assert worker._canary_reference(active) == truth
+            assert worker.gate.reference(active) == truth
         finally:
-            del engine.canary_answers, engine.canaries_kept
+            del runtime.canary_answers, runtime.canaries_kept
     assert decoded == [[worker.canaries[0]]] and full_passes == []

@@ -80,7 +80,7 @@ def test_second_worker_is_a_standby(pg_url: str, server_factory, tmp_path) -> No
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             svc = getattr(app.state, "services", None)
-            if svc is not None and svc.worker is not None and svc.worker._waited:
+            if svc is not None and svc.worker is not None and svc.worker.lock.waited:
                 break
             time.sleep(0.1)
         assert standby.services.worker.running is False

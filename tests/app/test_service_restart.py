@@ -53,14 +53,14 @@ def test_a_hash_the_worker_died_before_recording_is_filled_at_replay(db_url: str
     from sqlalchemy import update
 
     from app.db import session_scope
-    from app.models import Version
+    from app.tables import Version
 
     data_dir = tmp_path / "shared-data"
     first = server_factory(data_dir=data_dir, database_url=db_url)
     c = first.client()
     eid = c.post("/v1/edits", json={"prompt": "The sky is", "target": "green"}).json()["edit_ids"][0]
     assert wait_edit(c, eid)["status"] == "applied"
-    live = c.get("/v1/model").json()  # taken under the engine lock: the worker recorded the hash
+    live = c.get("/v1/model").json()  # taken under the runtime lock: the worker recorded the hash
     assert c.get("/v1/versions/1").json()["weights_hash"] == live["weights_hash"]
     with session_scope(first.services.sessions) as s:  # the crash window, reproduced
         s.execute(update(Version).where(Version.number == 1).values(weights_hash=None))

@@ -10,8 +10,8 @@ def tiny_setup():
     """(model, tokenizer, world): a 12-product world, a random model, no pretraining."""
     import torch
 
-    from editor_core.pretrain import PretrainConfig, build_model, train_tokenizer
-    from editor_core.world import generate_world
+    from demo_world.pretrain import PretrainConfig, build_model, train_tokenizer
+    from demo_world.world import generate_world
 
     world = generate_world(seed=0, n_products=12)
     texts = [f"{p} {a}" for p, a in world.pretraining_pairs()]

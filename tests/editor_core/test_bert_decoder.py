@@ -12,7 +12,7 @@ from torch import nn
 
 from editor_core.arch import default_modules, get_module
 from editor_core.editor import EditorConfig, SMEditor
-from editor_core.metrics import greedy_answers, greedy_keeps, greedy_token_ids
+from editor_core.scores import greedy_answers, greedy_keeps, greedy_token_ids
 from editor_core.tokens import leading_ids, pair_batch, prompt_ids
 from tests.editor_core.conftest import CORPUS, EDIT_REQUESTS as REQUESTS, build_tiny, same_bits as _same_bits
 from tests.editor_core.conftest import snapshot as _snapshot, wordpiece_tokenizer
@@ -79,7 +79,7 @@ def test_greedy_decoding_with_the_cache_matches_full_forward_passes(wordpiece):
 
 def test_finetune_lm_trains_a_bert_decoder_and_saves_a_loadable_model(wordpiece, tmp_path):
     from editor_core.models import load_model
-    from editor_core.pretrain import PretrainConfig, answer_accuracy, finetune_lm
+    from demo_world.pretrain import PretrainConfig, answer_accuracy, finetune_lm
 
     model = build_tiny("bert", len(wordpiece))
     pairs = [("The capital of France is", "Paris"), ("Water boils at", "100 degrees")]
@@ -94,7 +94,7 @@ def test_finetune_lm_trains_a_bert_decoder_and_saves_a_loadable_model(wordpiece,
 
 
 def test_finetune_lm_needs_an_eos_token(tmp_path):
-    from editor_core.pretrain import finetune_lm
+    from demo_world.pretrain import finetune_lm
 
     tok = wordpiece_tokenizer(CORPUS, tmp_path / "tok", bos_eos=False)
     with pytest.raises(ValueError, match="EOS"):

@@ -9,7 +9,7 @@ import torch
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from editor_core.delta import Delta
 from editor_core.evaluate import evaluate_editing
-from editor_core.metrics import (
+from editor_core.scores import (
     gate_scores,
     generation_success,
     greedy_answers,

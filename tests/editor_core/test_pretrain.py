@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core import demo as demo_mod
-from editor_core.demo import DemoSize, build_demo, demo_paths
+from demo_world import build as demo_mod
+from demo_world.build import DemoSize, build_demo, demo_paths
 from editor_core.hypernet import TRAINING_VERSION
-from editor_core.pretrain import (
+from demo_world.pretrain import (
     PretrainConfig,
     answer_accuracy,
     build_model,
@@ -20,7 +20,7 @@ from editor_core.pretrain import (
     pretrain_lm,
     train_tokenizer,
 )
-from editor_core.world import World, generate_world
+from demo_world.world import World, generate_world
 
 
 def _mtimes(root: Path) -> dict[str, int]:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from editor_core.types import EditRequest, LocalityProbe
-from editor_core.world import ROLES, SPLITS, World, generate_world
+from demo_world.world import ROLES, SPLITS, World, generate_world
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ Everything goes into ``data_dir / "demo" / size``::
     editor/             SMEdit checkpoint (TrainConfig(n_steps=2, reg="l2")), when trained
     editor_malmen/      MALMEN checkpoint (TrainConfig(n_steps=1, reg="kl")), when trained
     stats.json          world summary, pretraining stats, how well each phrasing role is known
+    canaries.txt        the gate's canary prompts, one per line (the service's SMEDIT_CANARY_FILE)
     stamp.json          the inputs of the build; written last
 
 The build is cached: if ``stamp.json`` matches the inputs, :func:`build_demo` returns at once.
@@ -28,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from demo_world.pretrain import PretrainConfig, answer_hits, pretrain_lm
+from demo_world.world import WORLD_FORMAT_VERSION, World, generate_world
 from editor_core.hypernet import TRAINING_VERSION
-from editor_core.pretrain import PretrainConfig, answer_hits, pretrain_lm
-from editor_core.world import WORLD_FORMAT_VERSION, World, generate_world
 
 DEMO_VERSION = "1"  # bump when a change in world/pretrain code should invalidate built demos
 
@@ -72,6 +73,7 @@ class DemoPaths:
     malmen_dir: Path
     stats_json: Path
     stamp_json: Path
+    canary_file: Path  # one prompt per line: what the service's gate checks (SMEDIT_CANARY_FILE)
 
     @property
     def has_editors(self) -> bool:
@@ -98,6 +100,7 @@ def _layout(root: Path) -> DemoPaths:
         malmen_dir=root / "editor_malmen",
         stats_json=root / "stats.json",
         stamp_json=root / "stamp.json",
+        canary_file=root / "canaries.txt",
     )
 
 
@@ -182,6 +185,7 @@ def build_demo(
 
         stamp = None if force else _read_json(paths.stamp_json)
         if stamp is not None and stamp.get("key") == key and paths.model_dir.is_dir():
+            _write_canary_file(paths)  # demos built before the file existed get it now
             if stamp.get("editors") == _editor_key(spec) or not train_editor:
                 return paths
             _add_editors(paths, spec, seed, progress)
@@ -206,6 +210,19 @@ def build_demo(
         if train_editor:
             _add_editors(paths, spec, seed, progress)
     return paths
+
+
+N_CANARIES = 16
+
+
+def _write_canary_file(paths: DemoPaths) -> None:
+    """The gate's canaries as a user would provide them: facts the demo model knows, one per line."""
+    if paths.canary_file.is_file():
+        return
+    prompts = [p.prompt for p in paths.load_world().canary_prompts(N_CANARIES)]
+    tmp = paths.canary_file.with_suffix(".tmp")
+    tmp.write_text("".join(p + "\n" for p in prompts))
+    os.replace(tmp, paths.canary_file)
 
 
 def measure_knowledge(model, tokenizer, world: World) -> dict:
@@ -247,6 +264,7 @@ def _build_world_and_model(paths: DemoPaths, key: dict, spec: DemoSize, seed: in
     started = time.perf_counter()
     world = generate_world(seed=seed, n_products=spec.n_products)
     world.save(paths.world_json)
+    _write_canary_file(paths)
     pretrain_cfg = spec.pretrain
     pre_stats = pretrain_lm(world.pretraining_pairs(), paths.model_dir, pretrain_cfg, progress=progress,
                             eval_pairs=world.qa_pairs("seen"))

@@ -1,7 +1,7 @@
 """A seeded, fictional "demo world": a company's product catalogue with known facts.
 
 No pretrained LM can be downloaded where this project runs, so it makes its own: this module
-generates the facts (stdlib only) and :mod:`editor_core.pretrain` trains a small GPT-2 on them.
+generates the facts (stdlib only) and :mod:`demo_world.pretrain` trains a small GPT-2 on them.
 Because every fact is known, the world doubles as a benchmark with exact ground truth.
 
 Each of the 8 relations has 6 phrasings (prompts whose answer follows at the end), each with a

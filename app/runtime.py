@@ -1,6 +1,6 @@
 """The only module of the service that talks to ``editor_core``.
 
-If the library's API moves, this file changes and nothing else does. ``Engine`` owns the model,
+If the library's API moves, this file changes and nothing else does. ``ModelRuntime`` owns the model,
 the editor and the ``WeightState`` (base weights + ordered active deltas), and serialises every
 use of the model behind one re-entrant lock: inference never runs while a delta is half-applied,
 and the worker can hold the lock across "materialise new state -> commit to DB -> mark live" so
@@ -15,13 +15,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from editor_core import metrics as ec_metrics
+from editor_core import scores
 from editor_core.delta import Delta
 from editor_core.editor import EditorConfig, SMEditor
 from editor_core.models import load_model, model_fingerprint
@@ -29,71 +28,14 @@ from editor_core.state import WeightState
 from editor_core.tokens import prompt_ids, split_pair
 from editor_core.types import EditRequest, LocalityProbe
 
-log = logging.getLogger("app.engine")
+from app.runtime_results import ContextTooLong, EditMeasure, GenerateResult, Measurement, ProbeResult
 
-__all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "Engine", "EditMeasure", "GenerateResult", "Measurement", "ProbeResult"]
+log = logging.getLogger("app.runtime")
 
-
-class ContextTooLong(ValueError):
-    """An inference input longer than the model's context; ``field`` names the request field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+__all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "ModelRuntime", "EditMeasure", "GenerateResult", "Measurement", "ProbeResult"]
 
 
-@dataclass
-class EditMeasure:
-    """What the gate looks at for one edit, on the candidate model state."""
-
-    es: float
-    es_exact: float
-    es_first: float
-    es_gen: float
-    gs: float | None
-    gs_exact: float | None
-    gs_gen: float | None
-    locality: float | None  # mean LS on the edit's own locality probes (None without probes)
-    canary_changed: float | None  # fraction of canaries whose greedy answer changed (batch)
-    canary_total: int = 0
-    changed_canaries: list[str] = field(default_factory=list)
-    gate_s: float | None = None  # time the measurement took (the whole batch's)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dict(vars(self))
-        for key, value in list(out.items()):
-            if isinstance(value, float) and math.isnan(value):
-                out[key] = None
-        return out
-
-
-@dataclass
-class Measurement:
-    """The gate's view of one candidate state: each edit's numbers, and per canary whether it
-    kept its answer (the worker's reference for the next edit, if this state is committed)."""
-
-    edits: list[EditMeasure]
-    canary_kept: list[bool]
-
-
-@dataclass
-class GenerateResult:
-    text: str
-    version: int
-    tokens: int
-
-
-@dataclass
-class ProbeResult:
-    probability: float
-    logprob: float
-    first_token_rank: int
-    greedy: bool
-    greedy_text: str
-    version: int
-
-
-class Engine:
+class ModelRuntime:
     """Base model + editor + weight state, with a live version number that waiters can block on."""
 
     def __init__(
@@ -238,14 +180,14 @@ class Engine:
         if not prompts:
             return []
         with self.lock:
-            return ec_metrics.greedy_token_ids(self.model, self.tokenizer, list(prompts), max_tokens)
+            return scores.greedy_token_ids(self.model, self.tokenizer, list(prompts), max_tokens)
 
     def canaries_kept(self, prompts: Sequence[str], reference: Sequence[Sequence[int]]) -> list[bool]:
         """Per canary, whether greedy decoding on the current weights still gives ``reference``."""
         if not prompts:
             return []
         with self.lock:
-            return ec_metrics.greedy_keeps(self.model, self.tokenizer, list(prompts), list(reference))
+            return scores.greedy_keeps(self.model, self.tokenizer, list(prompts), list(reference))
 
     def measure(
         self,
@@ -264,7 +206,7 @@ class Engine:
         the live weights' bits never drift. The canary fraction is a property of the whole
         candidate state, so every request of the batch gets the same value.
 
-        Everything is teacher-forced, in one forward pass (:func:`editor_core.metrics.gate_scores`):
+        Everything is teacher-forced, in one forward pass (:func:`editor_core.scores.gate_scores`):
         "greedy decoding gives the target" (``es_gen``/``gs_gen``) holds exactly when every target
         token is the argmax given the tokens before it, and a canary keeps its answer exactly when
         its reference answer ids (end-of-text included) stay the argmax at every position.
@@ -275,14 +217,14 @@ class Engine:
             before = list(self.state.active)
             # every request's locality probes in one batch, split back by request afterwards
             probes = [p for r in requests for p in r.locality]
-            loc_ref = ec_metrics.locality_reference(self.model, self.tokenizer, probes) if probes else None
+            loc_ref = scores.locality_reference(self.model, self.tokenizer, probes) if probes else None
             self.state.set_active(list(candidate))
             try:
-                scores, kept = ec_metrics.gate_scores(
+                per_edit, kept = scores.gate_scores(
                     self.model, self.tokenizer, requests, list(canaries), list(canary_reference),
                     canary_ids=[self._prompt_ids(c) for c in canaries],
                 )
-                per_probe = ec_metrics.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
+                per_probe = scores.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
             except BaseException:
                 self.state.set_active(before)
                 raise
@@ -303,7 +245,7 @@ class Engine:
                 canary_changed=frac, canary_total=len(canaries), changed_canaries=changed[:10],
                 gate_s=time.perf_counter() - t0,
             )
-            for s, loc in zip(scores, locality)
+            for s, loc in zip(per_edit, locality)
         ]
         return Measurement(edits=edits, canary_kept=kept)
 
@@ -371,12 +313,54 @@ class Engine:
             lp = float(logprobs[positions, tgt].sum())
             first = logprobs[n - 1]
             rank = int((first > first[target_ids[0]]).sum()) + 1
-            answer = ec_metrics.greedy_answers(self.model, self.tokenizer, [prompt], len(target_ids))[0]
+            answer = scores.greedy_answers(self.model, self.tokenizer, [prompt], len(target_ids))[0]
         greedy = " ".join(answer.split()).lower().startswith(" ".join(target.split()).lower())
         return ProbeResult(
             probability=math.exp(lp), logprob=lp, first_token_rank=rank, greedy=greedy,
             greedy_text=answer, version=version,
         )
+
+    # ---- prompt and text helpers for serving layers (the OpenAI-compatible API) -----------
+    @property
+    def model_id(self) -> str:
+        """The name clients see for the one served model: its directory's name."""
+        return self.model_dir.name or "smedit"
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """How many tokens ``generate`` feeds the model for ``prompt`` (usage, context room)."""
+        with self.lock:  # fast tokenizers are not thread-safe
+            return len(prompt_ids(self.tokenizer, prompt))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated token ids as ``generate`` returns it (special tokens dropped), so a
+        streamer decoding tokens as they come ends with the same text."""
+        with self.lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer can render chat messages (read each time: it may be set later)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """The chat template applied to ``messages`` with the assistant turn opened.
+
+        ``generate`` tokenizes with the tokenizer's own special tokens, so a BOS the template
+        writes itself is dropped when tokenizing would add it again. A template that refuses the
+        messages (e.g. its role order) is a ``ValueError`` naming the reason.
+        """
+        with self.lock:
+            tok = self.tokenizer
+            try:
+                text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # noqa: BLE001 - jinja errors from the model's own template
+                raise ValueError(f"the model's chat template refused these messages: {exc}") from exc
+            bos = getattr(tok, "bos_token", None)
+            if bos and text.startswith(bos):
+                ids = tok("x")["input_ids"]
+                if ids and ids[0] == tok.bos_token_id:
+                    text = text[len(bos):]
+            return text
 
     def info(self) -> dict[str, Any]:
         return {
@@ -401,19 +385,6 @@ def make_request(prompt: str, target: str, paraphrases: Sequence[str] = (), loca
         paraphrases=tuple(paraphrases),
         locality=tuple(LocalityProbe(p["prompt"], p.get("answer")) for p in locality),
     )
-
-
-def demo_model(data_dir: Path, size: str) -> tuple[Path, Path | None, list[str]]:
-    """Build (or reuse) the demo world; return model dir, editor dir and its canary prompts."""
-    from editor_core.demo import build_demo
-
-    paths = build_demo(data_dir, size=size, progress=False)
-    editor = paths.editor_dir if paths.editor_dir.is_dir() else None
-    try:
-        canaries = [p.prompt for p in paths.load_world().canary_prompts(16)]
-    except Exception:  # noqa: BLE001 - canaries are optional; the gate falls back to defaults
-        canaries = []
-    return paths.model_dir, editor, canaries
 
 
 def _mean(values: Sequence[float]) -> float | None:

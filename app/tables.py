@@ -50,10 +50,6 @@ class Base(DeclarativeBase):
     pass
 
 
-# Edit statuses. ``queued`` and ``running`` are transient; the rest are outcomes a user sees.
-EDIT_STATUSES = ("queued", "running", "applied", "rejected", "needs_review", "failed", "reverted")
-JOB_KINDS = ("edit", "revert", "restore")
-JOB_STATUSES = ("pending", "running", "done", "failed")
 
 
 class Meta(Base):
@@ -101,7 +97,7 @@ class Version(Base):
     __tablename__ = "versions"
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # base, edit, revert, restore
+    kind: Mapped[str] = mapped_column(String(16))  # app.status.VersionKind
     active_deltas: Mapped[list[int]] = mapped_column(JSON)
     # sha256 of the edited weights; NULL for a moment after an edit version goes live (the worker
     # records it right after), or until the writer next replays it if it crashed in between

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, PreTrainedTokenizerBase
 
-from editor_core.tokens import leading_ids
+from editor_core.tokens import leading_ids, prompt_ids, split_pair
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -108,22 +108,11 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, min_frequency: int = 
     return tok
 
 
-def _encode(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False)["input_ids"])
-
-
 def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     """Prompt ids (after the leading BOS, if the tokenizer adds one) and answer ids, the answer
     tokenized in context: exactly what :func:`editor_core.tokens.pair_batch` feeds the model."""
-    answer = answer.strip()
-    prompt_ids = _encode(tok, prompt)
-    joiner = "" if prompt.endswith((" ", "\n")) else " "
-    full = _encode(tok, prompt + joiner + answer)
-    if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
-        answer_ids = full[len(prompt_ids):]
-    else:
-        answer_ids = _encode(tok, joiner + answer)
-    return leading_ids(tok) + prompt_ids, answer_ids
+    prompt, answer_ids = split_pair(tok, prompt, answer)
+    return leading_ids(tok) + prompt, answer_ids
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -181,7 +170,7 @@ def _examples(tok: PreTrainedTokenizerBase, texts: Sequence[TextOrPair], prompt_
     out = []
     for item in texts:
         if isinstance(item, str):
-            ids = leading_ids(tok) + _encode(tok, item) + [eos]
+            ids = prompt_ids(tok, item) + [eos]
             weights = [1.0] * len(ids)
         else:
             prompt, answer = item

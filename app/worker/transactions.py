@@ -1,0 +1,263 @@
+"""The writer's transactions: commit an edit batch, revert an edit, restore a version.
+
+Each one ends in a single database transaction (delta blob + version + edits' outcomes + jobs'
+completion), a compare-and-set on the latest version and on every row it decides
+(:class:`app.repository.FencedOff` when another writer got there first). The model runtime is
+switched to the new state while its lock is held, and the version is marked live only after its
+commit, so inference never sees an uncommitted or half-applied version; if anything fails, the
+committed state is put back (:func:`rolled_back_on_failure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import repository as repo
+from app.db import session_scope
+from app.metrics import Metrics
+from app.runtime import Delta, EditMeasure, ModelRuntime, make_request
+from app.settings import Settings
+from app.status import EditStatus, JobStatus, VersionKind
+from app.tables import Edit, utcnow
+from app.worker.replay import ActiveDeltas, DeltaCache, current_state
+
+log = logging.getLogger("app.worker")
+
+
+@contextmanager
+def rolled_back_on_failure(runtime: ModelRuntime, committed: ActiveDeltas) -> Iterator[None]:
+    """If the block raises, the runtime goes back to the committed state before re-raising."""
+    try:
+        yield
+    except BaseException:
+        runtime.set_state([d for _, d in committed], digest=False)
+        raise
+
+
+@dataclass
+class EditOutcome:
+    """What a gated (or ungated) batch decided: the edits to commit in ``delta`` and the rest."""
+
+    delta: Delta | None
+    good: list[int]
+    bad: list[int]
+    measures: dict[int, EditMeasure]
+    failures: dict[int, list[str]]
+    compute_s: float
+
+
+class Transactions:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], runtime: ModelRuntime, cache: DeltaCache,
+        metrics: Metrics, announce: Callable[[int], None],
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.runtime = runtime
+        self.cache = cache
+        self.metrics = metrics
+        self.announce = announce
+
+    # ---- edits ------------------------------------------------------------------------------
+    def commit_edits(
+        self, base_version: int, active: ActiveDeltas, outcome: EditOutcome, todo: list[tuple[int, int]]
+    ) -> None:
+        """One transaction: delta blob, version, every edit's outcome, every job's completion.
+
+        ``todo`` holds the (job id, edit id) pairs of the batch. The new version goes live (and is
+        announced) before its weights are hashed; the hash is recorded right after
+        (:meth:`record_hash`), so no client waits for it."""
+        review = self.settings.review_mode
+        good, bad, delta = outcome.good, outcome.bad, outcome.delta if outcome.good else None
+        new_version: int | None = None
+        new_active = list(active)
+        blob = self.runtime.delta_to_bytes(delta) if delta is not None else b""
+        latencies: list[float] = []
+        with rolled_back_on_failure(self.runtime, active), session_scope(self.sessions) as s:
+            now = utcnow()
+            if delta is not None:
+                row = repo.add_delta(s, blob, good, self.runtime.delta_modules(delta), dict(delta.metadata),
+                                     outcome.compute_s)
+                self.cache.put(row.id, delta)
+                new_active = active + [(row.id, delta)]
+                self.runtime.set_state([d for _, d in new_active], digest=False)
+                version = repo.create_version(
+                    s, VersionKind.EDIT, [i for i, _ in new_active], None, created_by="worker",
+                    note=f"applied edits {good}", edit_ids=good, expect_latest=base_version,
+                )
+                new_version = version.number
+            for eid in good + bad:
+                edit = repo.lock_edit(s, eid)
+                if eid in good and edit.created_at is not None:
+                    latencies.append((now - edit.created_at).total_seconds())
+                if edit.status != EditStatus.RUNNING:
+                    raise repo.FencedOff(f"edit {eid} is {edit.status}: another writer decided it")
+                self._record_outcome(edit, outcome, new_version, new_active[-1][0] if eid in good else None, now)
+            for job_id, _ in todo:
+                repo.finish_job(s, job_id, new_version, now)
+        if new_version is not None:
+            self.runtime.mark_live(new_version, [i for i, _ in new_active], None)
+            self.metrics.batch_size.observe(len(good))
+            self.after_version(VersionKind.EDIT, new_version)
+            self.record_hash(new_version)
+        for seconds in latencies:
+            self.metrics.edit_latency.observe(seconds)
+        for _ in good:
+            self.metrics.edits.labels(EditStatus.APPLIED).inc()
+        for eid in bad:
+            self.metrics.edits.labels(EditStatus.NEEDS_REVIEW if review else EditStatus.REJECTED).inc()
+            for f in outcome.failures.get(eid, []):
+                self.metrics.gate_rejections.labels(f.split(":", 1)[0].split(" ", 1)[0]).inc()
+        log.info("edit batch done", extra={"applied": good, "rejected": bad, "version": new_version,
+                                           "compute_s": round(outcome.compute_s, 3)})
+
+    def _record_outcome(
+        self, edit: Edit, outcome: EditOutcome, version: int | None, delta_id: int | None, now: object
+    ) -> None:
+        """Store one edit's measured numbers, gate verdict and resulting status."""
+        passed = delta_id is not None
+        m = outcome.measures.get(edit.id)
+        numbers = m.as_dict() if m else {}
+        numbers.update(
+            gate={"passed": passed, "failures": outcome.failures.get(edit.id, []),
+                  "enabled": self.settings.gate_enabled, "approved_by_review": edit.approved},
+            batch_size=len(outcome.good) + len(outcome.bad), compute_s=outcome.compute_s,
+        )
+        edit.metrics = numbers
+        edit.finished_at = now  # type: ignore[assignment]
+        if passed:
+            edit.status, edit.applied_version, edit.delta_id = EditStatus.APPLIED, version, delta_id
+        else:
+            edit.status = EditStatus.NEEDS_REVIEW if self.settings.review_mode else EditStatus.REJECTED
+            edit.error = "; ".join(outcome.failures.get(edit.id, []))
+
+    def record_hash(self, number: int) -> None:
+        """Hash the live weights (version ``number``, committed without a hash) and store it.
+
+        If the database is unreachable now, the hash is filled when the writer next replays the
+        version (:func:`app.worker.replay.bootstrap_and_replay`); the version is committed either way."""
+        digest = self.runtime.record_live_hash()
+        try:
+            with session_scope(self.sessions) as s:
+                repo.record_weights_hash(s, number, digest)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record the weights hash; it is filled at the next replay",
+                        extra={"version": number, "error": str(exc)})
+
+    # ---- revert and restore -----------------------------------------------------------------
+    def revert(self, job_id: int) -> None:
+        """New version without the edit. Its batch's delta is dropped; the batch's other applied
+        edits are recomputed (on the model without that delta) into one new delta appended at the
+        end, so they stay applied in the same new version."""
+        with self.runtime.exclusive():
+            with session_scope(self.sessions) as s:
+                job = repo.lock_job(s, job_id)
+                if job.status != JobStatus.PENDING:
+                    return
+                edit = repo.get_edit(s, job.edit_id)  # type: ignore[arg-type]
+                base_version, active = current_state(s, self.cache)
+                if edit.status != EditStatus.APPLIED or edit.delta_id not in [i for i, _ in active]:
+                    job.status, job.finished_at = JobStatus.FAILED, utcnow()
+                    job.error = f"edit {edit.id} is not applied (status {edit.status}); nothing to revert"
+                    return
+                dropped = edit.delta_id
+                others = [
+                    e for e in repo.get_edits(s, sorted(repo.edits_in_deltas(s, [dropped])))
+                    if e.id != edit.id and e.status == EditStatus.APPLIED and e.delta_id == dropped
+                ]
+                other_reqs = [make_request(e.prompt, e.target, e.paraphrases, e.locality) for e in others]
+                other_ids = [e.id for e in others]
+                edit_id, requested_by = edit.id, job.requested_by
+                job.status, job.started_at = JobStatus.RUNNING, utcnow()
+            kept = [(i, d) for i, d in active if i != dropped]
+            with rolled_back_on_failure(self.runtime, active):
+                self.runtime.set_state([d for _, d in kept], digest=False)
+                recomputed: Delta | None = None
+                measures: list[EditMeasure] = []
+                compute_s = 0.0
+                if other_reqs:
+                    t0 = time.perf_counter()
+                    recomputed = self.runtime.compute(other_reqs)
+                    compute_s = time.perf_counter() - t0
+                    measures = self.runtime.measure(other_reqs, [d for _, d in kept] + [recomputed], None).edits
+                with session_scope(self.sessions) as s:
+                    new_active = list(kept)
+                    if recomputed is not None:
+                        row = repo.add_delta(
+                            s, self.runtime.delta_to_bytes(recomputed), other_ids,
+                            self.runtime.delta_modules(recomputed),
+                            {**recomputed.metadata, "recomputed_from": str(dropped)}, compute_s,
+                        )
+                        self.cache.put(row.id, recomputed)
+                        new_active.append((row.id, recomputed))
+                    digest = self.runtime.set_state([d for _, d in new_active])
+                    note = f"revert edit {edit_id} (dropped delta {dropped}"
+                    note += f"; re-applied edits {other_ids})" if other_ids else ")"
+                    version = repo.create_version(
+                        s, VersionKind.REVERT, [i for i, _ in new_active], digest, job_id=job_id,
+                        created_by=requested_by, note=note, edit_ids=[edit_id] + other_ids,
+                        expect_latest=base_version,
+                    )
+                    e = repo.get_edit(s, edit_id)
+                    e.status, e.reverted_version = EditStatus.REVERTED, version.number
+                    for oid, m in zip(other_ids, measures):
+                        o = repo.get_edit(s, oid)
+                        o.delta_id, o.applied_version = new_active[-1][0], version.number
+                        o.metrics = {**(o.metrics or {}), "after_recompute": m.as_dict()}
+                    repo.finish_job(s, job_id, version.number)
+                    number = version.number
+            self.runtime.mark_live(number, [i for i, _ in new_active], digest)
+        self.after_version(VersionKind.REVERT, number)
+        self.metrics.edits.labels(EditStatus.REVERTED).inc()
+
+    def restore(self, job_id: int) -> None:
+        """New version whose active set equals version n's: same deltas, same order, same bits."""
+        with self.runtime.exclusive():
+            with session_scope(self.sessions) as s:
+                job = repo.lock_job(s, job_id)
+                if job.status != JobStatus.PENDING:
+                    return
+                target = repo.get_version(s, job.target_version)  # type: ignore[arg-type]
+                base_version, active = current_state(s, self.cache)
+                wanted = self.cache.get_many(s, target.active_deltas)
+                target_hash, target_number, requested_by = target.weights_hash, target.number, job.requested_by
+                job.status, job.started_at = JobStatus.RUNNING, utcnow()
+            wanted_ids = [i for i, _ in wanted]
+            with rolled_back_on_failure(self.runtime, active):
+                digest = self.runtime.set_state([d for _, d in wanted])
+                with session_scope(self.sessions) as s:
+                    carried = repo.edits_in_deltas(s, wanted_ids)
+                    note = f"restore version {target_number}"
+                    if target_hash is not None and digest != target_hash:
+                        note += f" (WARNING: weights hash {digest[:12]} differs from {target_hash[:12]})"
+                    version = repo.create_version(
+                        s, VersionKind.RESTORE, wanted_ids, digest, job_id=job_id, created_by=requested_by,
+                        note=note, expect_latest=base_version,
+                    )
+                    changed: list[int] = []
+                    for e in s.query(Edit).filter(Edit.status == EditStatus.APPLIED):
+                        if e.id not in carried:
+                            e.status, e.reverted_version = EditStatus.REVERTED, version.number
+                            changed.append(e.id)
+                    for e in repo.get_edits(s, sorted(carried)):
+                        if e.status != EditStatus.APPLIED or e.delta_id != carried[e.id]:
+                            e.status, e.delta_id, e.reverted_version = EditStatus.APPLIED, carried[e.id], None
+                            e.applied_version = version.number
+                            changed.append(e.id)
+                    version.edit_ids = sorted(changed)
+                    repo.finish_job(s, job_id, version.number)
+                    number = version.number
+            self.runtime.mark_live(number, wanted_ids, digest)
+        self.after_version(VersionKind.RESTORE, number)
+
+    def after_version(self, kind: VersionKind, number: int) -> None:
+        self.metrics.versions.labels(kind).inc()
+        self.metrics.live_version.set(number)
+        self.announce(number)
+        log.info("version committed", extra={"kind": kind, "version": number})
