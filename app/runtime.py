@@ -171,9 +171,11 @@ class ModelRuntime:
 
     # ---- editing ----------------------------------------------------------------------------
     def compute(self, requests: Sequence[EditRequest]) -> Delta:
-        """The delta writing ``requests`` into the model as it is now (one batch, S steps)."""
+        """The delta writing ``requests`` into the model as it is now (one batch, S steps).
+
+        The live deltas are passed along: an editor with ``live_weight > 0`` protects their edits."""
         with self.lock:
-            return self.editor.edit(list(requests))
+            return self.editor.edit(list(requests), live=list(self.state.active))
 
     def canary_answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
         """Greedy answer ids of the canaries on the current weights (the gate's reference)."""

@@ -174,4 +174,7 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
         table.add_column(h)
     for row in rows:
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped to a file: never squeeze columns to one word
+        console = Console(width=max(120, sum(max(len(str(c)) for c in col) + 3 for col in zip(header, *rows))))
+    console.print(table)

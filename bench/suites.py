@@ -9,6 +9,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "cost": ("bench.cost", "edit() vs its floor, L2 vs KL meta-training step, time and peak memory vs batch size and S"),
     "lowdata": ("bench.lowdata", "editors meta-trained on 5% / 25% / 100% of the edits: SMEdit S=2 vs MALMEN vs SMEdit S=1"),
     "sequential": ("bench.sequential", "T successive batches of n edits (e.g. 20x10), measured at the end on all TxN"),
+    "lifelong": ("bench.lifelong", "the capacity curve: edits arriving one at a time through the service, scored on all live edits vs the base"),
     "realdata": ("bench.realdata", "CounterFact edits on a GPT-2 trained from scratch on CounterFact facts (or --base minilm, --model-dir)"),
     "serving": ("bench.serving", "embedded service overhead, micro-batching, edited inference"),
     "service": ("bench.service", "production mode (Redis + PostgreSQL): latency through the service, replica catch-up"),

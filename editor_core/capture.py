@@ -103,14 +103,20 @@ def concat_captures(parts: Sequence[dict[str, Capture]]) -> dict[str, Capture]:
 
 
 @torch.no_grad()
-def capture_keys(model: nn.Module, module_names: Sequence[str], batch: PairBatch) -> dict[str, torch.Tensor]:
-    """Keys ``[n, d_in]`` of every attended token of ``batch`` at each module, forward only.
+def capture_keys(
+    model: nn.Module, module_names: Sequence[str], batch: PairBatch, positions: str = "attended"
+) -> dict[str, torch.Tensor]:
+    """Keys ``[n, d_in]`` of ``batch`` at each module, forward only.
 
     What a weight shift ``dW`` will be multiplied by on these prompts: ``keys @ dW`` is the
-    change of the module's output there (used to measure a shift on unrelated prompts)."""
+    change of the module's output there (used to measure a shift on unrelated prompts).
+    ``positions``: ``"attended"`` (every token) or ``"predict"`` (where the target is predicted:
+    the positions an edit of the same shape would write through)."""
+    if positions not in ("attended", "predict"):
+        raise ValueError(f"positions must be attended or predict, got {positions!r}")
     device = next(model.parameters()).device
     batch = batch.to(device)
-    mask = batch.attention_mask.bool()
+    mask = (batch.attention_mask if positions == "attended" else batch.predict_mask).bool()
     keys: dict[str, torch.Tensor] = {}
 
     def tap(name: str):  # noqa: ANN202

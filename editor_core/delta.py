@@ -4,6 +4,10 @@ Shifts are kept low-rank (``dW = A @ B``) where that is smaller than the dense m
 for a handful of facts is a few kilobytes. ``apply_`` remembers the exact bits it overwrote, so
 ``revert_`` restores them bit for bit in any dtype. Out-of-order reverts (undoing an old edit while
 newer ones stay) are the job of ``WeightState``, which rebuilds weights from the base.
+
+A delta may also carry the keys its edit wrote through (``keys``: per module, the ``[n, d_in]``
+inputs at the edited tokens). They are never applied; later edits read them to leave this one's
+outputs alone (``key_moment.LiveKeys``).
 """
 
 from __future__ import annotations
@@ -40,9 +44,15 @@ class Delta:
     so that a delta is never silently applied to another model.
     """
 
-    def __init__(self, shifts: Mapping[str, Shift], metadata: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        shifts: Mapping[str, Shift],
+        metadata: Mapping[str, str] | None = None,
+        keys: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         self.shifts: dict[str, Shift] = {name: compact(s) for name, s in shifts.items()}
         self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+        self.keys: dict[str, torch.Tensor] = dict(keys or {})
         self._backup: dict[str, torch.Tensor] | None = None
 
     # ---- construction -------------------------------------------------------------------
@@ -50,10 +60,14 @@ class Delta:
     def merge(cls, deltas: list["Delta"], metadata: Mapping[str, str] | None = None) -> "Delta":
         """One delta equal to the sum of several (e.g. the S steps of one edit)."""
         by_module: dict[str, list[Shift]] = {}
+        keys: dict[str, list[torch.Tensor]] = {}
         for delta in deltas:
             for name, shift in delta.shifts.items():
                 by_module.setdefault(name, []).append(shift)
-        return cls({name: merge_shifts(parts) for name, parts in by_module.items()}, metadata)
+            for name, k in delta.keys.items():
+                keys.setdefault(name, []).append(k)
+        return cls({name: merge_shifts(parts) for name, parts in by_module.items()}, metadata,
+                   {name: torch.cat(parts) for name, parts in keys.items()})
 
     @classmethod
     def empty(cls, metadata: Mapping[str, str] | None = None) -> "Delta":
@@ -126,7 +140,7 @@ class Delta:
             n: (s[0].to(device), s[1].to(device)) if isinstance(s, tuple) else s.to(device)
             for n, s in self.shifts.items()
         }
-        return Delta(moved, self.metadata)
+        return Delta(moved, self.metadata, {n: k.to(device) for n, k in self.keys.items()})
 
     # ---- storage ------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -141,6 +155,8 @@ class Delta:
             else:
                 tensors[f"{name}::W"] = shift.detach().cpu().contiguous()
                 layout[name] = "dense"
+        for name, keys in self.keys.items():
+            tensors[f"{name}::K"] = keys.detach().cpu().contiguous()
         header = dict(self.metadata)
         header["smedit_delta_format"] = FORMAT_VERSION
         header["smedit_layout"] = json.dumps(layout, sort_keys=True)
@@ -163,7 +179,8 @@ class Delta:
                 shifts[name] = (tensors[f"{name}::A"], tensors[f"{name}::B"])
             else:
                 shifts[name] = tensors[f"{name}::W"]
-        return cls(shifts, header)
+        keys = {name[: -len("::K")]: t for name, t in tensors.items() if name.endswith("::K")}
+        return cls(shifts, header, keys)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.to_bytes())

@@ -4,6 +4,10 @@
 edited so far*, lets that step's hypernetworks turn them into value shifts, solves for the weight
 shift per module, and applies it. The S shifts together form the returned ``Delta``; the model
 itself is left exactly as it was. With S=1 (and KL training) this is MALMEN.
+
+What the solve protects is per edited module (``key_moment.py``): a key moment of meta-training
+edits or of a preservation corpus (``fit_key_moments``), plus, with ``live_weight > 0``, the
+keys of the edits already live (``edit(requests, live=...)``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from transformers import PreTrainedTokenizerBase
 from editor_core.arch import default_modules, get_module, weight_shape
 from editor_core.capture import Capture, capture_batch, concat_captures
 from editor_core.delta import Delta
+from editor_core.capture import capture_keys
 from editor_core.hypernet import HyperNet
+from editor_core.key_moment import KEY_SOURCES, KeyMoment, LiveKeys
 from editor_core.models import model_fingerprint
 from editor_core.solve import Shift, solve_shift
 from editor_core.tokens import pair_batch
@@ -52,6 +58,17 @@ class EditorConfig:
     # share of the identity in the ridge's key covariance (1 = MALMEN's plain ridge); the demo's
     # SMEdit editor uses 0.03 (bench/README.md); checkpoints saved before the field load with 0.1
     key_shrinkage: float = 0.1
+    # where the ridge's key moment comes from: "edits" (meta-training edit keys) or "corpus"
+    # (fit_key_moments on what the model knows, frozen)
+    key_source: str = "edits"
+    # μ: how much a live edit's keys weigh against a new edit's in the solve (0: not protected)
+    live_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.key_source not in KEY_SOURCES:
+            raise ValueError(f"key_source must be one of {KEY_SOURCES}, got {self.key_source!r}")
+        if self.live_weight < 0:
+            raise ValueError(f"live_weight must be >= 0, got {self.live_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,11 +81,14 @@ class EditorConfig:
 
 @dataclass
 class StepRecord:
-    """What one step computed: its captures, value shifts and solved shifts, and the applied delta."""
+    """What one step computed: its captures, value shifts and solved shifts, and the applied delta.
+
+    ``live`` holds the live-edit term of each module's solve (training re-solves with it)."""
 
     captures: dict[str, Capture]
     value_diffs: dict[str, torch.Tensor]
     delta: Delta
+    live: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
 
 
@@ -115,12 +135,17 @@ class SMEditor(nn.Module):
             nn.ModuleDict(
                 {
                     key: HyperNet(d_in, d_out, max(1, cfg.rank // (step + 1)), cfg.n_blocks, len(groups[key]),
-                                  cfg.init_lr, cfg.precondition, cfg.key_shrinkage)
+                                  cfg.init_lr)
                     for key, (d_in, d_out) in shapes.items()
                 }
             )
             for step in range(cfg.n_steps)
         )
+        # one per edited module, shared by the S steps, in module_names order
+        self.key_moments = nn.ModuleList(
+            KeyMoment(shapes[self.slots[name][0]][0], cfg.precondition, cfg.key_shrinkage) for name in self.module_names
+        )
+        self._live = LiveKeys()
         self.to(self.device)
         self._fingerprint: str | None = None
         self.editor_id: str = "untrained"
@@ -149,6 +174,46 @@ class SMEditor(nn.Module):
         key, idx = self.slots[name]
         return self.nets[step][key], idx
 
+    def key_moment(self, name: str) -> KeyMoment:
+        return self.key_moments[self.module_names.index(name)]
+
+    def update_stats(self, step: int, captures: dict[str, Capture]) -> None:
+        """Feed one step's captures to its normalisers and (source "edits") the key moments."""
+        for name, cap in captures.items():
+            self.net_for(step, name)[0].update_stats(cap.keys, cap.grads)
+            if self.config.key_source == "edits":
+                self.key_moment(name).update(cap.keys)
+
+    @torch.no_grad()
+    def fit_key_moments(self, requests: Sequence[EditRequest], progress: bool = False) -> None:
+        """Fit each module's key moment on what the model knows and freeze it (``key_source="corpus"``).
+
+        ``requests`` are facts the model already gives (prompt, its answer): their keys at the
+        answer positions, on this model, are what later edits must leave alone (MEMIT's ``C0``).
+        """
+        batches: dict[str, list[torch.Tensor]] = {name: [] for name in self.module_names}
+        chunks = list(_chunks(list(requests), self.config.edit_batch_size))
+        for chunk in tqdm(chunks, desc="preserved keys", disable=not progress):
+            batch = pair_batch(self.tokenizer, [r.prompt for r in chunk], [r.target for r in chunk],
+                               self.config.max_length)
+            for name, keys in capture_keys(self.model, self.module_names, batch, positions="predict").items():
+                batches[name].append(keys)
+        for name in self.module_names:
+            self.key_moment(name).fit(batches[name])
+        self.config.key_source = "corpus"
+
+    def live_terms(self, step: int, live: Sequence[Delta]) -> dict[str, torch.Tensor]:
+        """Per module, ``(μ / e^λ) Σ K_liveᵀ K_live``: what protecting the live edits adds to ``C``."""
+        mu = self.config.live_weight
+        if mu <= 0 or not live:
+            return {}
+        terms = {}
+        for name, moment in self._live.moments(live).items():
+            if name in self.slots:
+                net, idx = self.net_for(step, name)
+                terms[name] = (mu / net.ridge_log(idx).detach().double().exp()) * moment
+        return terms
+
     # ---- the algorithm ------------------------------------------------------------------
     def capture(self, requests: Sequence[EditRequest]) -> dict[str, Capture]:
         """Keys and value gradients of all requests, computed chunk by chunk to bound memory."""
@@ -174,17 +239,25 @@ class SMEditor(nn.Module):
             ]
         )
 
-    def solve(self, step: int, name: str, keys: torch.Tensor, value_diffs: torch.Tensor) -> Shift:
+    def solve(
+        self, step: int, name: str, keys: torch.Tensor, value_diffs: torch.Tensor, live: torch.Tensor | None = None
+    ) -> Shift:
         net, idx = self.net_for(step, name)
-        return solve_shift(keys, value_diffs, net.ridge_log(idx), net.key_moment.precision(keys.dtype))
+        precision = self.key_moment(name).precision(keys.dtype, live)
+        return solve_shift(keys, value_diffs, net.ridge_log(idx), precision)
 
     def run_steps(
-        self, requests: Sequence[EditRequest], update_stats: bool = False, progress: bool = False
+        self,
+        requests: Sequence[EditRequest],
+        update_stats: bool = False,
+        progress: bool = False,
+        live: Sequence[Delta] = (),
     ) -> list[StepRecord]:
         """Run the S steps, leaving every step's delta applied to the model.
 
         The caller reverts them (``revert_steps``). ``update_stats`` feeds the captures to the
-        normalisers, which only meta-training does.
+        normalisers, which only meta-training does. ``live``: deltas already applied to the model
+        whose recorded keys the solve protects (``config.live_weight``).
         """
         records: list[StepRecord] = []
         try:
@@ -194,14 +267,14 @@ class SMEditor(nn.Module):
                 shifts: dict[str, Shift] = {}
                 with torch.no_grad():
                     if update_stats:  # all modules first: they may share one normaliser
-                        for name, cap in captures.items():
-                            self.net_for(step, name)[0].update_stats(cap.keys, cap.grads)
+                        self.update_stats(step, captures)
+                    live_terms = self.live_terms(step, live)
                     for name, cap in captures.items():
                         value_diffs[name] = self.value_diffs(step, name, cap)
-                        shifts[name] = self.solve(step, name, cap.keys, value_diffs[name])
+                        shifts[name] = self.solve(step, name, cap.keys, value_diffs[name], live_terms.get(name))
                 delta = Delta(shifts)
                 delta.apply_(self.model)
-                records.append(StepRecord(captures, value_diffs, delta))
+                records.append(StepRecord(captures, value_diffs, delta, live_terms))
         except BaseException:
             self.revert_steps(records)
             raise
@@ -221,8 +294,13 @@ class SMEditor(nn.Module):
             "n_steps": str(self.config.n_steps),
         }
 
-    def edit(self, requests: Sequence[EditRequest], progress: bool = False) -> Delta:
-        """Compute the delta that writes ``requests`` into the model; the model is left unchanged."""
+    def edit(self, requests: Sequence[EditRequest], progress: bool = False, live: Sequence[Delta] = ()) -> Delta:
+        """Compute the delta that writes ``requests`` into the model; the model is left unchanged.
+
+        ``live``: the deltas the model currently has applied, in order; with
+        ``config.live_weight > 0`` the solve leaves their edits' outputs alone. The returned delta
+        records its own keys (step 1's, on the model as it is) for later edits to protect.
+        """
         requests = list(requests)
         if not requests:
             return Delta.empty(self.metadata())
@@ -230,13 +308,15 @@ class SMEditor(nn.Module):
         self.model.eval()
         records: list[StepRecord] = []
         try:
-            records = self.run_steps(requests, progress=progress)
+            records = self.run_steps(requests, progress=progress, live=live)
         finally:
             self.revert_steps(records)
             self.model.train(was_training)
         meta = self.metadata()
         meta["n_requests"] = str(len(requests))
-        return Delta.merge([r.delta for r in records], meta)
+        delta = Delta.merge([r.delta for r in records], meta)
+        delta.keys = {name: cap.keys.detach().float().cpu() for name, cap in records[0].captures.items()}
+        return delta
 
     # ---- checkpoints --------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -279,7 +359,23 @@ class SMEditor(nn.Module):
                 f"but the loaded model is {editor.base_fingerprint}; train an editor for this model "
                 "(smedit train-editor) or load the model it was trained for"
             )
-        state = load_file(path / "editor.safetensors", device=str(editor.device))
+        state = _per_module_moments(load_file(path / "editor.safetensors", device=str(editor.device)), editor)
         editor.load_state_dict(state)
         editor.editor_id = info["editor_id"]
         return editor
+
+
+
+def _per_module_moments(state: dict[str, torch.Tensor], editor: SMEditor) -> dict[str, torch.Tensor]:
+    """Checkpoints before TRAINING_VERSION 4 kept one key moment per (step, weight shape); each
+    module now has its own, shared by the steps: such a checkpoint gives every module its shape's
+    step-1 moment (the edits it makes differ from before only through steps 2..S's moments)."""
+    if not any(".key_moment." in k for k in state):
+        return state
+    converted = {k: v for k, v in state.items() if ".key_moment." not in k}
+    for i, name in enumerate(editor.module_names):
+        shape_key = editor.slots[name][0]
+        for buf in ("count", "moment"):
+            converted[f"key_moments.{i}.{buf}"] = state[f"nets.0.{shape_key}.key_moment.{buf}"]
+        converted[f"key_moments.{i}.fitted"] = torch.zeros((), dtype=torch.float64)
+    return converted

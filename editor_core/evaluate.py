@@ -62,7 +62,7 @@ def _locality_groups(request: EditRequest) -> dict[str, list[int]]:
     return groups
 
 
-def _measure(
+def measure_requests(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
     requests: list[EditRequest],
@@ -70,7 +70,8 @@ def _measure(
     ref_slices: list,
     generation: bool,
 ) -> list[dict]:
-    """Per-request metrics on the model as edited now."""
+    """Per-request metrics on the model as edited now; ``ref_slices`` are each request's probes'
+    :func:`~editor_core.scores.locality_reference` taken before editing (one per request with probes)."""
     scores = score_requests(model, tok, requests, generation=generation)
     flat_probes = [p for ps in probes for p in ps]
     from editor_core.scores import LocalityReference
@@ -119,8 +120,12 @@ def evaluate_editing(
     sequential: int = 1,
     generation: bool = True,
     progress: bool = False,
+    pass_live: bool = False,
 ) -> dict:
     """Edit ``requests`` in batches and measure them; the model is restored afterwards.
+
+    ``pass_live``: call ``edit_fn(batch, live=deltas)`` with the deltas applied so far (an
+    ``SMEditor.edit`` that protects live edits), as the service does.
 
     A ``batch_size`` larger than the number of requests is clamped to it (one batch of all of
     them); ``timing`` reports ``batch_size`` (used) and ``requested_batch_size``.
@@ -144,14 +149,15 @@ def evaluate_editing(
         try:
             for b in range(0, len(chunk), batch_size):
                 t0 = time.perf_counter()
-                delta = edit_fn(chunk[b : b + batch_size])
+                batch = chunk[b : b + batch_size]
+                delta = edit_fn(batch, live=list(applied)) if pass_live else edit_fn(batch)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 edit_seconds.append(time.perf_counter() - t0)
                 delta.apply_(model)
                 applied.append(delta)
             idx = range(start, start + len(chunk))
-            rows += _measure(
+            rows += measure_requests(
                 model, tokenizer, chunk, [probes[i] for i in idx],
                 [refs[i] for i in idx if refs[i] is not None], generation,
             )

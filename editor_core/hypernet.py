@@ -2,6 +2,7 @@
 
 One network per weight shape (modules of the same shape share it, distinguished by per-module
 scale/shift embeddings), as in MALMEN. SMEdit trains a separate one for each of its S steps.
+What the solve protects (the key moments) is per module, in ``key_moment.py``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import math
 import torch
 from torch import nn
 
+from editor_core.key_moment import KeyMoment  # noqa: F401  (re-exported: it lived here)
+
 # Bumped when a change alters what meta-training learns, so caches of trained editors (the demo's,
 # the benchmarks') retrain instead of reusing editors the old code made. 2: the blocks' gradient
 # fix (before it, only the step sizes, ridges and shifts of a hypernetwork ever trained).
 # 3: the step size is calibrated on 4 batches and refined to a quarter decade.
-TRAINING_VERSION = 3
+# 4: one key moment per edited module (was one per weight shape and step), live-edit keys.
+TRAINING_VERSION = 4
 
 
 class RunningNorm(nn.Module):
@@ -58,60 +62,6 @@ class RunningNorm(nn.Module):
         return (x - mean) / (std + self.eps)
 
 
-class KeyMoment(nn.Module):
-    """Running second moment ``C = E[k kᵀ]`` of the edited module's keys (or its diagonal).
-
-    It weights the ridge of the least-squares solve: penalising ``e^λ · dWᵀ C dW`` is penalising
-    the expected squared output change on typical keys, i.e. on prompts the edit must leave alone.
-    Like the normaliser it is updated during meta-training only and frozen at edit time.
-    """
-
-    def __init__(self, size: int, mode: str, shrinkage: float = 0.1) -> None:
-        super().__init__()
-        if mode not in ("full", "diag", "none"):
-            raise ValueError(f"precondition must be full, diag or none, got {mode!r}")
-        if not 0.0 < shrinkage <= 1.0:
-            raise ValueError(f"key_shrinkage must be in (0, 1], got {shrinkage}")
-        self.mode = mode
-        self.shrinkage = shrinkage
-        shape = (size, size) if mode == "full" else (size,) if mode == "diag" else (0,)
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("moment", torch.zeros(shape, dtype=torch.float64))
-        self._precision: torch.Tensor | None = None
-
-    @torch.no_grad()
-    def update(self, keys: torch.Tensor) -> None:
-        if self.mode == "none" or keys.shape[0] == 0:
-            return
-        k = keys.detach().to(torch.float64)
-        batch = k.T @ k if self.mode == "full" else (k * k).sum(0)
-        total = self.count + k.shape[0]
-        self.moment.mul_(self.count / total).add_(batch / total)
-        self.count.copy_(total)
-        self._precision = None
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
-        self._precision = None
-
-    def precision(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """``C⁻¹`` (matrix or diagonal), shrunk towards its mean eigenvalue; None = identity."""
-        if self.mode == "none" or self.count < 1:
-            return None
-        if self._precision is None:
-            m = self.moment
-            if self.mode == "full":
-                size = m.shape[0]
-                scale = torch.trace(m) / size
-                eye = torch.eye(size, dtype=m.dtype, device=m.device)
-                shrunk = (1 - self.shrinkage) * m + self.shrinkage * scale * eye
-                self._precision = torch.linalg.inv(shrunk / scale) / scale
-            else:
-                scale = m.mean()
-                self._precision = 1.0 / ((1 - self.shrinkage) * m + self.shrinkage * scale)
-        return self._precision.to(dtype)
-
-
 class LowRankBlock(nn.Module):
     """Residual block ``x + scale_m * relu(x A B + b) + shift_m`` with per-module scale/shift.
 
@@ -145,14 +95,11 @@ class HyperNet(nn.Module):
 
     def __init__(
         self, d_in: int, d_out: int, rank: int, n_blocks: int, n_modules: int, init_lr: float,
-        precondition: str = "full",
-        key_shrinkage: float = 0.1,
     ) -> None:
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
         size = d_in + d_out
         self.norm = RunningNorm(size)
-        self.key_moment = KeyMoment(d_in, precondition, key_shrinkage)
         self.blocks = nn.ModuleList(LowRankBlock(size, max(1, rank), n_modules) for _ in range(n_blocks))
         self.log_lr = nn.Embedding(n_modules, 1)
         self.lamda = nn.Embedding(n_modules, 1)
@@ -161,7 +108,6 @@ class HyperNet(nn.Module):
 
     def update_stats(self, keys: torch.Tensor, grads: torch.Tensor) -> None:
         self.norm.update(torch.cat([keys, grads], dim=-1))
-        self.key_moment.update(keys)
 
     def pseudo(self, keys: torch.Tensor, grads: torch.Tensor, module_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pseudo keys and pseudo value gradients (in normalised space)."""

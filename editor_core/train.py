@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editor_core.arch import get_module, is_in_out
 from editor_core.capture import capture_keys
+from editor_core.delta import Delta
 from editor_core.editor import SMEditor, StepRecord
 from editor_core.solve import shift_dense
 from editor_core.tokens import PairBatch, pair_batch, target_nll
@@ -118,7 +119,7 @@ def backprop_to_hypernets(
             net, idx = editor.net_for(step, name)
             value_diffs = record.value_diffs[name].detach().requires_grad_(True)
             with torch.enable_grad():
-                dense = shift_dense(editor.solve(step, name, cap.keys, value_diffs))
+                dense = shift_dense(editor.solve(step, name, cap.keys, value_diffs, record.live.get(name)))
                 (dense * weight_grads[name]).sum().backward()
             upstream = value_diffs.grad
             chunk = editor.config.token_chunk
@@ -152,7 +153,7 @@ def shift_penalty(
         if not parts:
             continue
         total = torch.stack(parts).sum(0)
-        moment = editor.net_for(0, name)[0].key_moment
+        moment = editor.key_moment(name)
         if cfg.l2_metric == "locality" and locality_keys and name in locality_keys:
             keys = locality_keys[name].to(device=total.device, dtype=total.dtype)
             cov = keys.T @ keys / max(1, keys.shape[0])
@@ -181,13 +182,37 @@ def _locality_keys(
     return capture_keys(editor.model, editor.module_names, _locality_batch(editor.tokenizer, requests, cfg))
 
 
+def _simulated_live(
+    editor: SMEditor, pool: Sequence[EditRequest], batch: Sequence[EditRequest], cfg: TrainConfig, rng: random.Random
+) -> list[Delta]:
+    """``cfg.live_history`` other training edits as one key-only delta (their keys on the unedited
+    model), so the hypernetworks learn under the solve the service uses once edits are live."""
+    if cfg.live_history <= 0 or cfg.live_weight <= 0:
+        return []
+    chosen = set(id(r) for r in batch)
+    others = [r for r in pool if id(r) not in chosen]
+    picked = rng.sample(others, min(cfg.live_history, len(others)))
+    if not picked:
+        return []
+    keys: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(picked), editor.config.edit_batch_size):
+        chunk = picked[start : start + editor.config.edit_batch_size]
+        pb = pair_batch(editor.tokenizer, [r.prompt for r in chunk], [r.target for r in chunk], cfg.max_length)
+        for name, k in capture_keys(editor.model, editor.module_names, pb, positions="predict").items():
+            keys.setdefault(name, []).append(k)
+    return [Delta({}, keys={name: torch.cat(parts) for name, parts in keys.items()})]
+
+
 def train_step(
     editor: SMEditor,
     requests: Sequence[EditRequest],
     cfg: TrainConfig,
     optimizer: torch.optim.Optimizer,
+    live: Sequence[Delta] = (),
 ) -> dict[str, float]:
-    """One meta-training step on a batch of edit requests; returns loss statistics."""
+    """One meta-training step on a batch of edit requests; returns loss statistics.
+
+    ``live``: key-only deltas the step's solve protects, as the service's live edits would be."""
     model = editor.model
     base_loc = None
     if cfg.reg == "kl":
@@ -195,7 +220,7 @@ def train_step(
             loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
             base_loc = _masked_logprobs(model, loc)
     locality_keys = _locality_keys(editor, requests, cfg)
-    records = editor.run_steps(requests, update_stats=True)
+    records = editor.run_steps(requests, update_stats=True, live=live)
     try:
         weight_grads, stats = edited_loss_grads(editor, requests, cfg, base_loc)
     finally:
@@ -249,8 +274,7 @@ def warm_normalisers(editor: SMEditor, requests: Sequence[EditRequest]) -> None:
     """
     captures = editor.capture(requests)
     for step in range(editor.config.n_steps):
-        for name, cap in captures.items():
-            editor.net_for(step, name)[0].update_stats(cap.keys, cap.grads)
+        editor.update_stats(step, captures)
 
 
 def calibrate_init_lr(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConfig) -> float:
@@ -330,11 +354,14 @@ def meta_train(
     progress: bool = True,
     resume: bool = True,
     log: Callable[[dict], None] | None = None,
+    preserve: Sequence[EditRequest] | None = None,
 ) -> SMEditor:
     """Meta-train an editor for ``model`` and save it (and resumable trainer state) to ``out_dir``.
 
     Seeded: the same data, config and seed give the same editor. With ``resume``, a run stopped
-    midway continues from its last checkpoint in ``out_dir``.
+    midway continues from its last checkpoint in ``out_dir``. ``preserve`` (facts the model
+    knows, with its answers) is what ``key_source="corpus"`` fits the key moments on, before
+    training, so that training solves exactly as editing will.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +384,10 @@ def meta_train(
         history = json.loads((out / "editor.json").read_text()).get("history", [])
     else:
         editor = SMEditor(model, tokenizer, config.editor_config())
+        if config.key_source == "corpus":
+            if not preserve:
+                raise ValueError('key_source="corpus" needs the facts to preserve (meta_train(..., preserve=...))')
+            editor.fit_key_moments(preserve, progress=progress)
         if config.init_lr is None:
             calibration = rng.sample(pool, min(len(pool), CALIBRATION_BATCHES * config.batch_size))
             warm_normalisers(editor, rng.sample(pool, min(len(pool), 4 * config.batch_size)))
@@ -367,8 +398,10 @@ def meta_train(
                disable=not progress, initial=start, total=config.max_steps)
     t0 = time.perf_counter()
     for step in bar:
-        batch = rng.sample(pool, config.batch_size)
-        stats = train_step(editor, batch, config, optimizer)
+        size = rng.choice(config.batch_sizes) if config.batch_sizes else config.batch_size
+        batch = rng.sample(pool, min(size, len(pool)))
+        live = _simulated_live(editor, pool, batch, config, rng)
+        stats = train_step(editor, batch, config, optimizer, live)
         bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k != "grad_norm"})
         done = step + 1
         if val and (done % config.val_every == 0 or done == config.max_steps):

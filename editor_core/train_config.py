@@ -40,6 +40,14 @@ class TrainConfig:
     # "locality" (the norm mixed with the shift's effect on the batch's unrelated locality prompts)
     l2_metric: str = "frobenius"
     locality_weight: float = 0.5  # l2_metric="locality": weight of the locality part (the norm gets the rest)
+    # EditorConfig.key_source: "corpus" fits each module's key moment on meta_train's ``preserve``
+    key_source: str = "edits"
+    live_weight: float = 0.0  # EditorConfig.live_weight: the solve's weight on live edits' keys
+    # Serving conditions to train under: each step's solve also protects the keys of this many
+    # other training edits (as if they were live; keys only, the model is not edited by them),
+    # and the batch size is drawn from ``batch_sizes`` (None: always ``batch_size``).
+    live_history: int = 0
+    batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.reg not in REGULARISERS:
@@ -50,6 +58,10 @@ class TrainConfig:
             raise ValueError(f"locality_weight must be in [0, 1], got {self.locality_weight}")
         if self.n_steps < 1 or self.batch_size < 1 or self.max_steps < 0:
             raise ValueError("n_steps and batch_size must be >= 1, max_steps >= 0")
+        if self.live_history < 0 or (self.batch_sizes is not None and min(self.batch_sizes, default=0) < 1):
+            raise ValueError("live_history must be >= 0 and every batch size >= 1")
+        if self.batch_sizes is not None:
+            self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
 
     def editor_config(self) -> EditorConfig:
         return EditorConfig(
@@ -61,4 +73,6 @@ class TrainConfig:
             max_length=self.max_length,
             precondition=self.precondition,
             key_shrinkage=self.key_shrinkage,
+            key_source=self.key_source,
+            live_weight=self.live_weight,
         )

@@ -218,7 +218,7 @@ def test_a_method_name_can_carry_its_own_regulariser_coefficient(tiny_setup, tmp
     # the untrained editor takes options too (e.g. the solve's key shrinkage), and trains nothing
     untrained = make_method("untrained S=2 key_shrinkage=0.5", model, tok, train, train[:2], **common).__self__
     assert untrained.config.key_shrinkage == 0.5
-    assert {net.key_moment.shrinkage for nets in untrained.nets for net in nets.values()} == {0.5}
+    assert {m.shrinkage for m in untrained.key_moments} == {0.5}
     assert len(list(tmp_path.glob("*/editor.json"))) == 2
 
 

@@ -260,7 +260,7 @@ def test_key_shrinkage_travels_with_the_checkpoint(tokenizer, tmp_path):
     editor.save(tmp_path / "ed")
     loaded = SMEditor.load(tmp_path / "ed", model, tokenizer)
     assert loaded.config.key_shrinkage == 0.02
-    assert all(net.key_moment.shrinkage == 0.02 for nets in loaded.nets for net in nets.values())
+    assert [m.shrinkage for m in loaded.key_moments] == [0.02] * len(loaded.module_names)
 
     torch.manual_seed(0)
     same_weights = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, key_shrinkage=0.02))

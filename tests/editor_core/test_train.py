@@ -42,14 +42,13 @@ class _ZeroLR(torch.optim.SGD):
 def _reference_grads(editor: SMEditor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """S=1 loss differentiated end to end with autograd: shift kept in the graph via hooks."""
     captures = editor.capture(REQUESTS)
-    for name, cap in captures.items():
-        editor.net_for(0, name)[0].update_stats(cap.keys, cap.grads)
+    editor.update_stats(0, captures)
     editor.zero_grad(set_to_none=True)
     shifts = {}
     for name, cap in captures.items():
         net, idx = editor.net_for(0, name)
         dv = net.value_diffs(cap.keys, cap.grads, idx)
-        shifts[name] = shift_dense(solve_shift(cap.keys, dv, net.ridge_log(idx), net.key_moment.precision(dv.dtype)))
+        shifts[name] = shift_dense(solve_shift(cap.keys, dv, net.ridge_log(idx), editor.key_moment(name).precision(dv.dtype)))
 
     def hook(shift):
         return lambda module, args, out: out + args[0] @ shift

@@ -1,0 +1,313 @@
+"""Lifelong editing through the real service: the capacity curve.
+
+    python -m bench.lifelong [--size small|tiny] [--edits 200] [--burst 1] [--seeds 0 1 2]
+        [--split dev|test] [--arms stacking corpus "corpus live=1"] [--json FILE] [--quick]
+
+The embedded service (uvicorn in a thread, SQLite, in-process queue: the worker's own code path)
+receives ``--edits`` demo-world edits, one POST per fact, ``--burst`` at a time (1: each waits
+until the previous is applied). At each checkpoint (25, 50, 100, 200, 500, 1000 live edits, as far
+as ``--edits`` goes) the live weights are scored on **all** live edits (ES, GS anchor, GS unseen:
+teacher-forced token accuracy, as the papers) and on locality probes of facts that no edit of the
+run touches (LS other / LS same: share of answer tokens whose argmax is the **base** model's).
+Latency is submit -> applied per edit, p50/p99 over the edits since the previous checkpoint.
+
+Arms are editors served by the same service, named by options:
+``stacking`` (the demo editor as built: each edit solved without regard to the live ones, the
+reference); ``corpus`` (each module's key moment fitted on what the base model knows: the world's
+pretraining facts, no retraining); ``live=μ`` (the solve also protects the live edits' keys with
+weight μ); ``shrinkage=s`` (the key moment's identity share); ``trained`` meta-trains an editor with
+the arm's solve instead of reusing the demo's (``history=H`` simulated live edits per step,
+``steps=N``; batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
+
+Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
+eval entities. Choose arms and their settings on dev; report test. The gate is off (the curve is
+the editor's capacity; ``--gate`` turns the service's default gate on and counts rejections).
+
+Writes ``--json`` (default ``bench/results/lifelong_<size>_<split>.json``): ``rows``, one per
+(arm, seed, checkpoint) with ``arm, seed, live_edits, es, gs_anchor, gs_unseen, ls_other, ls_same,
+latency_p50_s, latency_p99_s``, and ``summary`` (mean/std over seeds); plus ``..._curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.common import print_table, resolve_size, results_dir, write_with_plots
+
+CHECKPOINTS = (25, 50, 100, 200, 500, 1000)
+QUICK_CHECKPOINTS = (8, 16, 32)
+METRICS = ["es", "gs_anchor", "gs_unseen", "ls_other", "ls_same"]
+DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
+PRESERVE_CAP = 4096  # preservation facts the corpus moment is fitted on (a sample of the corpus)
+
+
+def parse_arm(name: str) -> dict:
+    """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
+    opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
+                  "steps": None, "shrinkage": None}
+    for token in name.split():
+        key, _, value = token.partition("=")
+        try:
+            if token == "stacking":
+                continue
+            elif token in ("corpus", "trained"):
+                opts[token] = True
+            elif key == "live":
+                opts["live"] = float(value)
+            elif key == "history":
+                opts["history"] = int(value)
+            elif key == "steps":
+                opts["steps"] = int(value)
+            elif key == "shrinkage":
+                opts["shrinkage"] = float(value)
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, corpus, trained, live=, "
+                             "history=, steps=, shrinkage=)") from None
+    return opts
+
+
+def preservation_requests(world, seed: int = 0):
+    """What the base model knows, as (prompt, its answer): a sample of the pretraining corpus."""
+    import random
+
+    from editor_core.types import EditRequest
+
+    pairs = world.pretraining_pairs()
+    pairs = random.Random(seed).sample(pairs, min(PRESERVE_CAP, len(pairs)))
+    return [EditRequest(prompt=p, target=a) for p, a in pairs]
+
+
+def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path) -> Path:
+    """An editor checkpoint for the arm, written once under ``cache`` (keyed by its settings)."""
+    from demo_world.build import editor_requests
+    from editor_core.editor import SMEditor
+    from editor_core.hypernet import TRAINING_VERSION
+
+    ident = {k: v for k, v in arm.items() if k != "name"}
+    ident.update(seed=seed, training=TRAINING_VERSION, demo=json.loads(paths.stamp_json.read_text()))
+    out = cache / hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    if (out / "editor.json").is_file():
+        return out
+    if arm["trained"]:
+        from bench.quality import demo_modules
+        from editor_core.train import TrainConfig, meta_train
+
+        train, val = editor_requests(world, spec, seed)
+        cfg = TrainConfig(
+            n_steps=2, reg="l2", reg_coef=spec.editor_reg, l2_metric=spec.editor_l2_metric,
+            locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec),
+            max_steps=arm["steps"] or spec.editor_steps, val_every=max(1, (arm["steps"] or spec.editor_steps) // 4),
+            key_shrinkage=arm["shrinkage"] or spec.editor_key_shrinkage,
+            key_source="corpus" if arm["corpus"] else "edits", live_weight=arm["live"],
+            live_history=arm["history"], batch_sizes=(1, 4, 16) if arm["history"] else None,
+        )
+        meta_train(model, tok, train, val, cfg, out, preserve=preservation_requests(world, seed))
+        return out
+    editor = SMEditor.load(paths.editor_dir, model, tok)
+    if arm["shrinkage"] is not None:
+        for moment in editor.key_moments:
+            moment.shrinkage = arm["shrinkage"]
+        editor.config.key_shrinkage = arm["shrinkage"]
+    if arm["corpus"]:
+        editor.fit_key_moments(preservation_requests(world, seed), progress=True)
+    editor.config = replace(editor.config, live_weight=arm["live"])
+    editor.save(out, extra={"arm": arm["name"], "from": str(paths.editor_dir)})
+    return out
+
+
+def edits_for(world, spec, split: str, seed: int, n: int):
+    """``n`` edits of the split in a seeded order; ``dev`` = the editor's validation entities."""
+    from demo_world.build import editor_requests
+
+    if split == "dev":
+        requests = editor_requests(world, spec, seed)[1]
+    else:
+        requests = world.edit_requests("eval", seed=seed)
+    if n > len(requests):
+        print(f"note: the {split} split has {len(requests)} edits; running {len(requests)} of the {n} asked for")
+    return requests[:n]
+
+
+def untouched_probes(requests):
+    """Per request, its locality probes of facts no request of the run edits (with their groups)."""
+    edited = {(r.meta["entity"], r.meta["relation"]) for r in requests}
+    kept = []
+    for r in requests:
+        facts = list(zip(r.meta["locality_entities"], r.meta["locality_relations"]))
+        groups = {i: "other" if i in r.meta["locality_other"] else "same" for i in range(len(r.locality))}
+        kept.append([(p, groups[i]) for i, (p, f) in enumerate(zip(r.locality, facts)) if f not in edited])
+    return kept
+
+
+def score_live(runtime, requests, probes, refs) -> dict:
+    """ES / GS on the live edits and LS on untouched facts, on the service's live weights."""
+    from editor_core.scores import locality_scores, teacher_forced
+
+    model, tok = runtime.model, runtime.tokenizer
+    with runtime.lock:
+        es = teacher_forced(model, tok, [r.prompt for r in requests], [r.target for r in requests])
+        out = {"es": statistics.mean(s.token_acc for s in es)}
+        for group in ("anchor", "unseen"):
+            texts = [(t, r.target) for r in requests for t in r.meta.get(f"{group}_paraphrases", [])]
+            if texts:
+                tf = teacher_forced(model, tok, [t for t, _ in texts], [a for _, a in texts])
+                out[f"gs_{group}"] = statistics.mean(s.token_acc for s in tf)
+        flat = [(p, g) for ps in probes for p, g in ps]
+        if flat:
+            ls = locality_scores(model, tok, [p for p, _ in flat], refs)
+            for group in ("other", "same"):
+                values = [v for v, (_, g) in zip(ls, flat) if g == group]
+                out[f"ls_{group}"] = statistics.mean(values) if values else None
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: int, gate: bool, seed: int) -> list[dict]:
+    """Serve ``editor_dir``, submit ``requests`` ``burst`` at a time, score at each checkpoint."""
+    from bench.serving import Server, as_json, settings_for, wait_terminal
+    from editor_core.scores import locality_reference
+
+    probes = untouched_probes(requests)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="smedit-lifelong-") as tmp:
+        settings = settings_for(paths, Path(tmp), paths.canary_file.read_text().split("\n"), gate)
+        settings = settings.model_copy(update={"editor_dir": editor_dir})
+        server = Server(settings)
+        try:
+            runtime = server.server.config.app.state.services.runtime
+            with runtime.lock:
+                refs = locality_reference(runtime.model, runtime.tokenizer, [p for ps in probes for p, _ in ps])
+            live: list = []
+            latencies: list[float] = []
+            statuses: dict[str, int] = {}
+            with server.client() as c:
+                for start in range(0, len(requests), burst):
+                    group = requests[start : start + burst]
+                    t0 = time.perf_counter()
+                    ids = []
+                    for r in group:
+                        resp = c.post("/v1/edits", json={"edits": [as_json(r)], "author": "bench.lifelong",
+                                                         "reason": f"lifelong {arm['name']}"})
+                        resp.raise_for_status()
+                        ids.append(resp.json()["edit_ids"][0])
+                    for r, edit_id in zip(group, ids):
+                        body = wait_terminal(c, edit_id)
+                        latencies.append(time.perf_counter() - t0)
+                        statuses[body["status"]] = statuses.get(body["status"], 0) + 1
+                        if body["status"] == "applied":
+                            live.append(r)
+                    submitted = start + len(group)
+                    if any(submitted >= cp > start for cp in checkpoints) or submitted == len(requests):
+                        t1 = time.perf_counter()
+                        scores = score_live(runtime, live, probes, refs) if live else {}
+                        rows.append({"arm": arm["name"], "seed": seed, "submitted": submitted, "live_edits": len(live),
+                                     **{m: scores.get(m) for m in METRICS},
+                                     "latency_p50_s": percentile(latencies, 0.5),
+                                     "latency_p99_s": percentile(latencies, 0.99),
+                                     "score_s": round(time.perf_counter() - t1, 2), "statuses": dict(statuses)})
+                        print(json.dumps(rows[-1]))
+                        latencies = []
+        finally:
+            server.stop()
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["arm"], r["submitted"]), []).append(r)
+    out = []
+    for (arm, submitted), runs in groups.items():
+        entry = {"arm": arm, "submitted": submitted, "n_seeds": len(runs),
+                 "live_edits": statistics.mean(r["live_edits"] for r in runs), "mean": {}, "std": {}}
+        for m in METRICS + ["latency_p50_s", "latency_p99_s"]:
+            values = [r[m] for r in runs if r.get(m) is not None]
+            entry["mean"][m] = statistics.mean(values) if values else None
+            entry["std"][m] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def plot_lifelong(payload: dict, prefix: Path) -> list[Path]:
+    from bench.plots import ES, GS, GS_UNSEEN, LS, LS_SAME, line_panels
+
+    series: dict[str, list] = {}
+    for e in payload["summary"]:
+        series.setdefault(e["arm"], []).append((e["live_edits"], e["mean"]))
+    return [line_panels(series, [ES, GS, GS_UNSEEN, LS, LS_SAME], "live edits",
+                        f"lifelong editing, demo '{payload['size']}', {payload['split']} split",
+                        prefix.with_name(f"{prefix.name}_curve.png"))]
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from bench.common import demo_world_model
+    from demo_world.build import DEMO_SIZES
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--size", default=None, choices=sorted(DEMO_SIZES), help="demo size (default: small; tiny with --quick)")
+    parser.add_argument("--edits", type=int, default=200, help="edits submitted (the last checkpoint)")
+    parser.add_argument("--burst", type=int, default=1, help="edits in flight at once (1: one at a time)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--split", choices=["dev", "test"], default="test", help="dev: choose settings; test: report")
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="editor arms (see the module doc)")
+    parser.add_argument("--gate", action="store_true", help="keep the service's default quality gate on")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the rows (default under bench/results)")
+    parser.add_argument("--quick", action="store_true", help="tiny demo, 32 edits, checkpoints 8/16/32")
+    args = parser.parse_args(argv)
+    if args.burst < 1 or args.edits < 1:
+        parser.error("--edits and --burst must be >= 1")
+    arms = []
+    for name in args.arms:
+        try:
+            arms.append(parse_arm(name))
+        except ValueError as exc:
+            parser.error(str(exc))
+    if args.quick:
+        args.edits = min(args.edits, 32)
+    resolve_size(args)
+    checkpoints = [c for c in (QUICK_CHECKPOINTS if args.quick else CHECKPOINTS) if c < args.edits] + [args.edits]
+
+    paths, model, tok, world = demo_world_model(args.data_dir, args.size, train_editor=True)
+    spec = DEMO_SIZES[args.size]
+    cache = results_dir() / "lifelong_editors" / args.size
+    started = time.perf_counter()
+    rows: list[dict] = []
+    for seed in args.seeds:
+        requests = edits_for(world, spec, args.split, seed, args.edits)
+        for arm in arms:
+            editor_dir = arm_editor(arm, paths, model, tok, world, spec, seed, cache)
+            rows += run_arm(arm, editor_dir, paths, requests, checkpoints, args.burst, args.gate, seed)
+    summary = summarise(rows)
+    print_table(f"lifelong editing, demo '{args.size}', {args.split} split, seeds {args.seeds}, burst {args.burst}",
+                ["arm", "live edits"] + METRICS + ["p50 s", "p99 s"],
+                [[e["arm"], e["live_edits"]] + [e["mean"][m] if e["mean"][m] is not None else "-"
+                                                 for m in METRICS + ["latency_p50_s", "latency_p99_s"]] for e in summary])
+    payload = {"size": args.size, "split": args.split, "seeds": args.seeds, "burst": args.burst, "gate": args.gate,
+               "edits": args.edits, "checkpoints": checkpoints, "arms": [a["name"] for a in arms],
+               "seconds": round(time.perf_counter() - started, 1), "rows": rows, "summary": summary}
+    name = f"lifelong_{args.size}_{args.split}"
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))  # the rows alone: one per arm, seed, checkpoint
+        print(f"wrote {args.json}")
+    write_with_plots(name, payload, plot_lifelong)
+
+
+if __name__ == "__main__":
+    main()
