@@ -39,7 +39,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import print_table, resolve_size, results_dir, write_with_plots
+from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 
 CHECKPOINTS = (25, 50, 100, 200, 500, 1000)
 QUICK_CHECKPOINTS = (8, 16, 32)
@@ -255,7 +255,6 @@ def plot_lifelong(payload: dict, prefix: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from bench.common import demo_world_model
     from demo_world.build import DEMO_SIZES
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,6 +18,7 @@ app = typer.Typer(
 
 # The library.
 app.command("train-editor")(core.train_editor)
+app.command("protect")(core.protect)
 app.command("eval")(core.evaluate)
 app.add_typer(demo_app, name="demo")
 app.add_typer(export_app, name="export")

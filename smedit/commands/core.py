@@ -74,6 +74,14 @@ def train_editor(
     key_shrinkage: float = typer.Option(
         0.1, "--key-shrinkage", min=1e-6, max=1.0,
         help="Share of the identity in the solve's key-covariance ridge (1 = MALMEN's plain ridge; the demo uses 0.03)."),
+    preserve: Optional[Path] = typer.Option(
+        None, "--preserve",
+        help="Facts the model knows (prompt + its own answer, any --format): each edited module's key moment is "
+             "fitted on them before training, so edits leave them alone (key_source=corpus)."),
+    live_weight: float = typer.Option(
+        0.0, "--live-weight", min=0.0, help="How much a live edit's keys weigh in a new edit's solve (0 = off; try 1)."),
+    live_history: int = typer.Option(
+        0, "--live-history", min=0, help="Train each step as if this many other edits were live (needs --live-weight)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction"),
     val_every: int = typer.Option(100, "--val-every"),
     limit: int = typer.Option(0, "--limit", help="Use only the first N records (0 = all)."),
@@ -97,11 +105,43 @@ def train_editor(
     lm, tok = load_model(model, device=device)
     cfg = TrainConfig(n_steps=n_steps, reg=reg.value, reg_coef=reg_coef, rank=rank, batch_size=batch_size,
                       max_steps=max_steps, meta_lr=meta_lr, init_lr=init_lr, val_every=val_every, seed=seed,
-                      l2_metric=l2_metric.value, locality_weight=locality_weight, key_shrinkage=key_shrinkage)
+                      l2_metric=l2_metric.value, locality_weight=locality_weight, key_shrinkage=key_shrinkage,
+                      key_source="corpus" if preserve else "edits", live_weight=live_weight, live_history=live_history,
+                      batch_sizes=(1, 4, batch_size) if live_history else None)
+    kept = _load(preserve, DataFormat.auto, None) if preserve else None
     console.print(f"{len(train)} training / {len(val)} validation edits; {cfg}")
-    meta_train(lm, tok, train, val, cfg, out, progress=True, resume=not fresh,
+    meta_train(lm, tok, train, val, cfg, out, progress=True, resume=not fresh, preserve=kept,
                log=lambda e: console.print({k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}))
     console.print(f"[green]saved[/green] {out}")
+
+
+def protect(
+    model: Path = typer.Option(..., "--model", help="Local Hugging Face model directory."),
+    editor: Path = typer.Option(..., "--editor", help="Editor checkpoint to start from."),
+    out: Path = typer.Option(..., "--out", help="Where to write the new editor checkpoint."),
+    preserve: Optional[Path] = typer.Option(
+        None, "--preserve", help="Facts the model knows (prompt + its own answer): fit each module's key moment on them."),
+    fmt: DataFormat = typer.Option(DataFormat.auto, "--format"),
+    live_weight: float = typer.Option(1.0, "--live-weight", min=0.0, help="Weight of live edits' keys in the solve (0 = off)."),
+    limit: int = typer.Option(0, "--limit", help="Use only the first N preservation records (0 = all)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Make an editor protect what the model knows and the edits already live, without retraining."""
+    from dataclasses import replace
+
+    from editor_core.editor import SMEditor
+    from editor_core.models import load_model
+
+    lm, tok = load_model(model, device=device)
+    ed = SMEditor.load(editor, lm, tok)
+    if preserve:
+        kept = _load(preserve, fmt, limit or None)
+        ed.fit_key_moments(kept, progress=True)
+        console.print(f"key moments fitted on {len(kept)} facts")
+    ed.config = replace(ed.config, live_weight=live_weight)
+    ed.save(out, extra={"derived_from": str(editor)})
+    console.print(f"[green]saved[/green] {out} (key source {ed.config.key_source}, live weight {live_weight}, "
+                  f"editor id {ed.editor_id})")
 
 
 def evaluate(

@@ -53,3 +53,32 @@ def test_every_suite_module_takes_argv_and_quick():
             run_suite(name, ["--help"], prog=f"x {name}")
         assert exc.value.code == 0
         assert "--quick" in out.getvalue(), name
+
+
+def test_smedit_protect_fits_the_preservation_set_and_sets_the_live_weight(tiny_setup, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from editor_core.arch import last_layer_modules
+    from editor_core.editor import EditorConfig, SMEditor
+    from smedit.cli import app
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    SMEditor(model, tok, EditorConfig(n_steps=1, rank=4, modules=last_layer_modules(model, 1))).save(tmp_path / "ed")
+    facts = tmp_path / "known.jsonl"
+    facts.write_text("\n".join(json.dumps({"prompt": p, "target": a}) for p, a in world.pretraining_pairs()[:20]))
+    result = CliRunner().invoke(app, ["protect", "--model", str(tmp_path / "model"), "--editor", str(tmp_path / "ed"),
+                                      "--out", str(tmp_path / "out"), "--preserve", str(facts), "--live-weight", "2"])
+    assert result.exit_code == 0, result.output
+    from editor_core.models import load_model
+
+    lm, tk = load_model(tmp_path / "model")
+    protected = SMEditor.load(tmp_path / "out", lm, tk)
+    assert protected.config.key_source == "corpus" and protected.config.live_weight == 2.0
+    assert all(m.fitted == 1 and m.count > 0 for m in protected.key_moments)
+    bad = CliRunner().invoke(app, ["protect", "--model", str(tmp_path / "model"), "--editor", str(tmp_path / "ed"),
+                                   "--out", str(tmp_path / "o2"), "--preserve", str(tmp_path / "missing.jsonl")])
+    assert bad.exit_code == 2 and "missing.jsonl" in bad.output

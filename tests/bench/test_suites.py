@@ -285,3 +285,32 @@ def test_realdata_leaves_facts_too_long_for_the_model_out_of_the_corpus():
                            locality=(LocalityProbe("NQ?", long_answer), LocalityProbe("Short?", "yes")))]
     pairs = true_fact_pairs(records)
     assert pairs == [("Q1?", "a1"), ("Q1 again?", "a1"), ("Short?", "yes")]
+
+
+def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(tiny_setup, results, tmp_path, monkeypatch):
+    import bench.lifelong
+    from editor_core.arch import last_layer_modules
+    from editor_core.editor import EditorConfig, SMEditor
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    SMEditor(model, tok, EditorConfig(n_steps=1, rank=4, modules=last_layer_modules(model, 1))).save(tmp_path / "editor")
+    (tmp_path / "canaries.txt").write_text("\n".join(p.prompt for p in world.canary_prompts(4)))
+    (tmp_path / "stamp.json").write_text("{}")
+    paths = SimpleNamespace(root=tmp_path, model_dir=tmp_path / "model", editor_dir=tmp_path / "editor",
+                            canary_file=tmp_path / "canaries.txt", stamp_json=tmp_path / "stamp.json")
+    monkeypatch.setattr(bench.lifelong, "demo_world_model", lambda *a, **k: (paths, model, tok, world))
+
+    out = tmp_path / "rows.json"
+    bench.lifelong.main(["--size", "tiny", "--edits", "3", "--arms", "stacking", "corpus live=1", "--json", str(out)])
+    rows = _load(out)
+    assert isinstance(rows, list) and [r["arm"] for r in rows] == ["stacking", "corpus live=1"]
+    for r in rows:
+        assert {"arm", "live_edits", "es", "gs_anchor", "gs_unseen", "ls_other", "ls_same",
+                "latency_p50_s", "latency_p99_s"} <= set(r)
+        assert sum(r["statuses"].values()) == 3 and r["live_edits"] == r["statuses"].get("applied", 0)
+        assert r["latency_p50_s"] > 0
+    assert (results / "lifelong_tiny_test_curve.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        bench.lifelong.main(["--arms", "corpus live=lots"])

@@ -1,0 +1,148 @@
+"""What the solve protects: per-module key moments, a preservation corpus, live edits' keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from editor_core.delta import Delta
+from editor_core.editor import EditorConfig, SMEditor
+from editor_core.evaluate import evaluate_editing
+from editor_core.key_moment import KeyMoment, LiveKeys
+from editor_core.train import meta_train
+from editor_core.train_config import TrainConfig
+from editor_core.types import EditRequest
+from tests.editor_core.conftest import EDIT_REQUESTS as REQUESTS, build_tiny
+
+KNOWN = [EditRequest(prompt="The capital of France is", target=" Paris."),
+         EditRequest(prompt="Water boils at", target=" 100 degrees."),
+         EditRequest(prompt="Snow is", target=" white and cold.")]
+
+
+def test_a_fitted_moment_is_frozen_and_live_keys_join_it_before_inverting():
+    torch.manual_seed(0)
+    moment = KeyMoment(6, "full", shrinkage=0.2)
+    corpus = torch.randn(40, 6, dtype=torch.float64)
+    moment.fit([corpus[:25], corpus[25:]])
+    fitted = moment.moment.clone()
+    torch.testing.assert_close(fitted, corpus.T @ corpus / 40)
+    moment.update(torch.randn(10, 6))  # meta-training keys: ignored once fitted
+    torch.testing.assert_close(moment.moment, fitted)
+
+    live = torch.randn(3, 6, dtype=torch.float64)
+    extra = live.T @ live
+    expected = torch.linalg.inv(moment.shrunk() + extra)
+    torch.testing.assert_close(moment.precision(torch.float64, extra), expected)
+    torch.testing.assert_close(moment.precision(torch.float64), torch.linalg.inv(moment.shrunk()))
+    # none = the identity (MALMEN's ridge), plus the live term when there is one
+    plain = KeyMoment(6, "none")
+    assert plain.precision(torch.float64) is None
+    torch.testing.assert_close(plain.precision(torch.float64, extra), torch.linalg.inv(torch.eye(6, dtype=torch.float64) + extra))
+
+
+def test_the_cached_inverse_follows_the_moment_through_to():
+    moment = KeyMoment(4, "full")
+    moment.update(torch.randn(8, 4))
+    assert moment.precision(torch.float32).dtype == torch.float32
+    assert moment._precision is not None
+    moment.to(torch.float64)
+    assert moment._precision is None, ".to() must drop the inverse derived from the old buffers"
+
+
+def test_live_keys_sum_incrementally_and_recompute_when_the_list_changes():
+    a = Delta({}, keys={"m": torch.ones(2, 3)})
+    b = Delta({}, keys={"m": 2 * torch.ones(1, 3)})
+    live = LiveKeys()
+    torch.testing.assert_close(live.moments([a])["m"], 2 * torch.ones(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(live.moments([a, b])["m"], 6 * torch.ones(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(live.moments([b])["m"], 4 * torch.ones(3, 3, dtype=torch.float64))
+    assert live.moments([]) == {}
+
+
+def test_every_edited_module_has_its_own_moment_fitted_on_the_corpus(tokenizer, tmp_path):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=4, modules=None))
+    assert len(editor.key_moments) == len(editor.module_names) >= 2
+    editor.fit_key_moments(KNOWN)
+    assert editor.config.key_source == "corpus"
+    moments = [m.moment.clone() for m in editor.key_moments]
+    assert not torch.allclose(moments[0], moments[1]), "two modules see different keys"
+    editor.save(tmp_path / "ed")
+    loaded = SMEditor.load(tmp_path / "ed", model, tokenizer)
+    assert loaded.config.key_source == "corpus"
+    for m, expected in zip(loaded.key_moments, moments):
+        torch.testing.assert_close(m.moment, expected)
+        assert m.fitted == 1
+
+
+def test_protecting_live_edits_keeps_their_outputs_where_they_were(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    first, second = REQUESTS[:1], REQUESTS[1:2]
+
+    def moved(live_weight: float) -> float:
+        editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, init_lr=1.0, live_weight=live_weight))
+        old = editor.edit(first)
+        assert old.keys and all(k.shape[0] > 0 for k in old.keys.values()), "a delta records its keys"
+        with old.applied_to(model):
+            new = editor.edit(second, live=[old])
+        return sum(float((old.keys[n].double() @ new.dense(n).double()).norm()) for n in new.module_names)
+
+    assert moved(100.0) < 0.5 * moved(0.0)
+
+
+def test_a_delta_keeps_its_keys_through_bytes_and_merge():
+    a = Delta({"m": torch.randn(4, 3)}, {"x": "1"}, keys={"m": torch.randn(2, 4)})
+    b = Delta({"m": torch.randn(4, 3)}, keys={"m": torch.randn(1, 4)})
+    again = Delta.from_bytes(a.to_bytes())
+    torch.testing.assert_close(again.keys["m"], a.keys["m"])
+    assert Delta.merge([a, b]).keys["m"].shape == (3, 4)
+    assert Delta.from_bytes(Delta({"m": torch.randn(4, 3)}).to_bytes()).keys == {}
+
+
+def test_checkpoints_with_one_moment_per_shape_and_step_still_load(tokenizer, tmp_path):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=4))
+    editor.update_stats(0, editor.capture(REQUESTS))
+    editor.save(tmp_path / "ed")
+    state = load_file(tmp_path / "ed" / "editor.safetensors")
+    shape = editor.slots[editor.module_names[0]][0]
+    old = {k: v for k, v in state.items() if not k.startswith("key_moments.")}
+    for step in range(2):  # the layout before TRAINING_VERSION 4
+        old[f"nets.{step}.{shape}.key_moment.count"] = state["key_moments.0.count"].clone()
+        old[f"nets.{step}.{shape}.key_moment.moment"] = state["key_moments.0.moment"].clone()
+    save_file(old, tmp_path / "ed" / "editor.safetensors")
+    loaded = SMEditor.load(tmp_path / "ed", model, tokenizer)
+    for m in loaded.key_moments:
+        torch.testing.assert_close(m.moment, state["key_moments.0.moment"])
+
+
+def test_meta_training_fits_the_corpus_first_and_trains_under_live_edits(tokenizer, tmp_path):
+    model = build_tiny("gpt2", len(tokenizer))
+    cfg = TrainConfig(n_steps=2, rank=4, batch_size=2, max_steps=3, val_every=3, val_size=2, seed=1,
+                      key_source="corpus", live_weight=1.0, live_history=3, batch_sizes=(1, 2))
+    with pytest.raises(ValueError, match="preserve"):
+        meta_train(model, tokenizer, REQUESTS * 3, REQUESTS, cfg, tmp_path / "none", progress=False)
+    reference = SMEditor(model, tokenizer, cfg.editor_config())
+    reference.fit_key_moments(KNOWN)
+    editor = meta_train(model, tokenizer, REQUESTS * 3, REQUESTS, cfg, tmp_path / "ed", progress=False, preserve=KNOWN)
+    assert editor.config.key_source == "corpus" and editor.config.live_weight == 1.0
+    for trained, fitted in zip(editor.key_moments, reference.key_moments):
+        torch.testing.assert_close(trained.moment, fitted.moment)  # training left the corpus moment alone
+    with pytest.raises(ValueError, match="key_source"):
+        EditorConfig(key_source="wiki")
+    with pytest.raises(ValueError, match="live_history"):
+        TrainConfig(live_history=-1)
+
+
+def test_the_harness_passes_live_deltas_in_the_order_they_were_applied(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, live_weight=1.0))
+    seen: list[int] = []
+
+    def edit_fn(batch, live):
+        seen.append(len(live))
+        return editor.edit(batch, live=live)
+
+    evaluate_editing(model, tokenizer, edit_fn, REQUESTS[:3], batch_size=1, sequential=3, generation=False, pass_live=True)
+    assert seen == [0, 1, 2]
