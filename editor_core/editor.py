@@ -29,7 +29,7 @@ from editor_core.capture import Capture, capture_batch, concat_captures
 from editor_core.delta import Delta
 from editor_core.capture import capture_keys
 from editor_core.hypernet import HyperNet
-from editor_core.key_moment import KEY_SOURCES, KeyMoment, LiveKeys
+from editor_core.key_moment import KEY_SOURCES, KeyMoment, LivePrecision
 from editor_core.models import model_fingerprint
 from editor_core.solve import Shift, solve_shift
 from editor_core.tokens import pair_batch
@@ -83,7 +83,7 @@ class EditorConfig:
 class StepRecord:
     """What one step computed: its captures, value shifts and solved shifts, and the applied delta.
 
-    ``live`` holds the live-edit term of each module's solve (training re-solves with it)."""
+    ``live`` holds each module's precision while edits were live (training re-solves with it)."""
 
     captures: dict[str, Capture]
     value_diffs: dict[str, torch.Tensor]
@@ -145,7 +145,7 @@ class SMEditor(nn.Module):
         self.key_moments = nn.ModuleList(
             KeyMoment(shapes[self.slots[name][0]][0], cfg.precondition, cfg.key_shrinkage) for name in self.module_names
         )
-        self._live = LiveKeys()
+        self._live = LivePrecision()
         self.to(self.device)
         self._fingerprint: str | None = None
         self.editor_id: str = "untrained"
@@ -202,17 +202,17 @@ class SMEditor(nn.Module):
             self.key_moment(name).fit(batches[name])
         self.config.key_source = "corpus"
 
-    def live_terms(self, step: int, live: Sequence[Delta]) -> dict[str, torch.Tensor]:
-        """Per module, ``(μ / e^λ) Σ K_liveᵀ K_live``: what protecting the live edits adds to ``C``."""
+    def live_precisions(self, step: int, live: Sequence[Delta]) -> dict[str, torch.Tensor]:
+        """Per module, ``(C + (μ / e^λ) Σ_live KᵢᵀKᵢ)⁻¹``: the solve that leaves live edits alone."""
         mu = self.config.live_weight
-        if mu <= 0 or not live:
+        if mu <= 0 or not any(d.keys for d in live):
             return {}
-        terms = {}
-        for name, moment in self._live.moments(live).items():
-            if name in self.slots:
-                net, idx = self.net_for(step, name)
-                terms[name] = (mu / net.ridge_log(idx).detach().double().exp()) * moment
-        return terms
+        out = {}
+        for name in self.module_names:
+            net, idx = self.net_for(step, name)
+            alpha = mu / float(net.ridge_log(idx).detach().double().exp())
+            out[name] = self._live.get(step, name, self.key_moment(name), alpha, live)
+        return out
 
     # ---- the algorithm ------------------------------------------------------------------
     def capture(self, requests: Sequence[EditRequest]) -> dict[str, Capture]:
@@ -240,10 +240,15 @@ class SMEditor(nn.Module):
         )
 
     def solve(
-        self, step: int, name: str, keys: torch.Tensor, value_diffs: torch.Tensor, live: torch.Tensor | None = None
+        self, step: int, name: str, keys: torch.Tensor, value_diffs: torch.Tensor,
+        live_precision: torch.Tensor | None = None,
     ) -> Shift:
+        """Solve one module's shift; ``live_precision`` replaces ``C⁻¹`` while edits are live."""
         net, idx = self.net_for(step, name)
-        precision = self.key_moment(name).precision(keys.dtype, live)
+        if live_precision is not None:
+            precision = live_precision.to(keys.dtype)
+        else:
+            precision = self.key_moment(name).precision(keys.dtype)
         return solve_shift(keys, value_diffs, net.ridge_log(idx), precision)
 
     def run_steps(
@@ -268,13 +273,13 @@ class SMEditor(nn.Module):
                 with torch.no_grad():
                     if update_stats:  # all modules first: they may share one normaliser
                         self.update_stats(step, captures)
-                    live_terms = self.live_terms(step, live)
+                    live_precisions = self.live_precisions(step, live)
                     for name, cap in captures.items():
                         value_diffs[name] = self.value_diffs(step, name, cap)
-                        shifts[name] = self.solve(step, name, cap.keys, value_diffs[name], live_terms.get(name))
+                        shifts[name] = self.solve(step, name, cap.keys, value_diffs[name], live_precisions.get(name))
                 delta = Delta(shifts)
                 delta.apply_(self.model)
-                records.append(StepRecord(captures, value_diffs, delta, live_terms))
+                records.append(StepRecord(captures, value_diffs, delta, live_precisions))
         except BaseException:
             self.revert_steps(records)
             raise

@@ -23,7 +23,6 @@ from editor_core.scores import (
     score_requests,
     teacher_forced,
 )
-from editor_core.tokens import split_pair
 from editor_core.types import EditRequest, LocalityProbe
 
 EditFn = Callable[[Sequence[EditRequest]], Delta]
@@ -39,10 +38,10 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-def _sum_logprob(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: list[str], targets: list[str]) -> list[float]:
-    scores = teacher_forced(model, tok, prompts, targets)
-    lengths = [len(split_pair(tok, p, t)[1]) for p, t in zip(prompts, targets)]
-    return [s.mean_logprob * n for s, n in zip(scores, lengths)]
+def _mean_logprob(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: list[str], targets: list[str]) -> list[float]:
+    """Per-token mean log-probability of each target: CounterFact's comparison as ROME scores it
+    (a sum would favour whichever answer has fewer tokens)."""
+    return [s.mean_logprob for s in teacher_forced(model, tok, prompts, targets)]
 
 
 def _paraphrase_groups(request: EditRequest) -> dict[str, list[str]]:
@@ -98,13 +97,13 @@ def measure_requests(
             row[f"gs_{group}_first"] = _mean([float(s.first_token) for s in tf])
             row[f"gs_{group}_exact"] = _mean([float(s.exact) for s in tf])
         if request.ground_truth:
-            new, old = _sum_logprob(model, tok, [request.prompt] * 2, [request.target, request.ground_truth])
+            new, old = _mean_logprob(model, tok, [request.prompt] * 2, [request.target, request.ground_truth])
             row["cf_efficacy"] = float(new > old)
             nb = [p for p in ps if p.answer]
             if nb:
                 wins = []
                 for p in nb:
-                    true_lp, new_lp = _sum_logprob(model, tok, [p.prompt] * 2, [p.answer, request.target])
+                    true_lp, new_lp = _mean_logprob(model, tok, [p.prompt] * 2, [p.answer, request.target])
                     wins.append(float(true_lp > new_lp))
                 row["cf_neighbourhood"] = _mean(wins)
         rows.append(row)

@@ -11,7 +11,8 @@ an edit leaves alone:
 
 On top of either, the keys of edits that are already live can be protected (sequential MEMIT):
 a new edit then pays ``μ‖K_live dW‖²`` for moving an earlier edit's outputs, which in the normal
-equation is ``C + (μ / e^λ) K_liveᵀ K_live`` (see :meth:`KeyMoment.precision`).
+equation is ``C + (μ / e^λ) K_liveᵀ K_live`` (:meth:`KeyMoment.precision` directly,
+:class:`LivePrecision` incrementally).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class KeyMoment(nn.Module):
         # 1 once fitted on a preservation corpus: training updates then leave it alone
         self.register_buffer("fitted", torch.zeros((), dtype=torch.float64))
         self._precision: torch.Tensor | None = None
+        self.revision = 0  # bumped whenever the moment changes: what caches of its inverse check
 
     @torch.no_grad()
     def update(self, keys: torch.Tensor) -> None:
@@ -64,7 +66,7 @@ class KeyMoment(nn.Module):
             if self.mode != "none" and keys.shape[0]:
                 self._accumulate(keys)
         self.fitted.fill_(1.0)
-        self._precision = None
+        self._invalidate()
 
     def _accumulate(self, keys: torch.Tensor) -> None:
         k = keys.detach().to(device=self.moment.device, dtype=torch.float64)
@@ -72,15 +74,19 @@ class KeyMoment(nn.Module):
         total = self.count + k.shape[0]
         self.moment.mul_(self.count / total).add_(batch / total)
         self.count.copy_(total)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
         self._precision = None
+        self.revision += 1
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
-        self._precision = None
+        self._invalidate()
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # .to()/.cuda() move buffers; the cached inverse is derived from them, so drop it
-        self._precision = None
+        self._invalidate()
         return super()._apply(fn, recurse)
 
     def shrunk(self) -> torch.Tensor | None:
@@ -124,27 +130,53 @@ def _inverse(c: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(c / scale) / scale
 
 
-class LiveKeys:
-    """``Σ K_iᵀ K_i`` per module over the keys recorded in the live deltas, built incrementally.
+class LivePrecision:
+    """``(C + α Σ_live KᵢᵀKᵢ)⁻¹`` per (step, module), kept current as live deltas are appended.
 
-    The service applies deltas in a fixed order and mostly appends, so the sum for a list that
-    extends the previous one costs only the new deltas' keys; anything else recomputes. The
-    deltas themselves are held (not their ``id``), so a freed delta can never alias a new one.
+    Inverting a ``d_in × d_in`` matrix for every step of every edit would cost more than the edit
+    itself; a delta appended to the live list (the service's usual move) is a rank-k update of
+    the inverse instead (Woodbury: ``O(k d²)`` for its k keys). Any other change of the list
+    recomputes from ``C⁻¹``. The deltas themselves are held (not their ``id``), so a freed delta
+    can never alias a new one.
     """
 
     def __init__(self) -> None:
-        self._deltas: tuple = ()
-        self._sums: dict[str, torch.Tensor] = {}
+        self._cache: dict[tuple[int, str], tuple[tuple[float, int], tuple, torch.Tensor]] = {}
 
-    def moments(self, deltas: Sequence) -> dict[str, torch.Tensor]:
-        """Per-module ``Σ KᵀK`` (fp64) over the keys ``deltas`` recorded (deltas without keys add nothing)."""
-        deltas = tuple(deltas)
-        done = len(self._deltas)
-        if done > len(deltas) or any(a is not b for a, b in zip(self._deltas, deltas)):
-            self._deltas, self._sums, done = (), {}, 0
-        for delta in deltas[done:]:
-            for name, keys in delta.keys.items():
-                k = keys.to(torch.float64)
-                self._sums[name] = self._sums[name] + k.T @ k if name in self._sums else k.T @ k
-        self._deltas = deltas
-        return self._sums
+    def get(self, step: int, name: str, moment: KeyMoment, alpha: float, deltas: Sequence) -> torch.Tensor:
+        """The fp64 precision for ``name`` at ``step`` with live ``deltas`` weighted by ``alpha``."""
+        deltas = tuple(d for d in deltas if name in d.keys)
+        cached = self._cache.get((step, name))
+        stamp = (alpha, moment.revision)
+        if cached is not None and cached[0] == stamp and _is_prefix(cached[1], deltas):
+            precision, done = cached[2], len(cached[1])
+        else:
+            precision, done = _dense_precision(moment), 0
+        new = [d.keys[name] for d in deltas[done:]]
+        if new:
+            precision = _woodbury(precision, torch.cat(new).to(device=precision.device, dtype=torch.float64), alpha)
+        self._cache[(step, name)] = (stamp, deltas, precision)
+        return precision
+
+
+def _is_prefix(head: tuple, full: tuple) -> bool:
+    return len(head) <= len(full) and all(a is b for a, b in zip(head, full))
+
+
+def _dense_precision(moment: KeyMoment) -> torch.Tensor:
+    p = moment.precision(torch.float64)
+    if p is None:
+        return torch.eye(moment.size, dtype=torch.float64, device=moment.moment.device)
+    return torch.diag(p) if p.dim() == 1 else p
+
+
+def _woodbury(precision: torch.Tensor, keys: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(P⁻¹ + α KᵀK)⁻¹ = P - P Kᵀ (I/α + K P Kᵀ)⁻¹ K P``, in chunks of at most d rows."""
+    d = precision.shape[0]
+    for start in range(0, keys.shape[0], d):
+        k = keys[start : start + d]
+        pk = precision @ k.T  # [d, k]
+        inner = k @ pk + torch.eye(k.shape[0], dtype=k.dtype, device=k.device) / alpha
+        precision = precision - pk @ torch.linalg.solve(inner, pk.T)
+        precision = (precision + precision.T) / 2  # keep it symmetric against rounding
+    return precision

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from editor_core.delta import Delta
 from editor_core.editor import EditorConfig, SMEditor
 from editor_core.evaluate import evaluate_editing
-from editor_core.key_moment import KeyMoment, LiveKeys
+from editor_core.key_moment import KeyMoment, LivePrecision
 from editor_core.train import meta_train
 from editor_core.train_config import TrainConfig
 from editor_core.types import EditRequest
@@ -50,14 +50,23 @@ def test_the_cached_inverse_follows_the_moment_through_to():
     assert moment._precision is None, ".to() must drop the inverse derived from the old buffers"
 
 
-def test_live_keys_sum_incrementally_and_recompute_when_the_list_changes():
-    a = Delta({}, keys={"m": torch.ones(2, 3)})
-    b = Delta({}, keys={"m": 2 * torch.ones(1, 3)})
-    live = LiveKeys()
-    torch.testing.assert_close(live.moments([a])["m"], 2 * torch.ones(3, 3, dtype=torch.float64))
-    torch.testing.assert_close(live.moments([a, b])["m"], 6 * torch.ones(3, 3, dtype=torch.float64))
-    torch.testing.assert_close(live.moments([b])["m"], 4 * torch.ones(3, 3, dtype=torch.float64))
-    assert live.moments([]) == {}
+def test_the_live_precision_is_updated_incrementally_and_equals_the_direct_inverse():
+    torch.manual_seed(0)
+    moment = KeyMoment(5, "full", shrinkage=0.1)
+    moment.update(torch.randn(30, 5))
+    deltas = [Delta({}, keys={"m": torch.randn(k, 5)}) for k in (2, 3, 1)]
+
+    def direct(ds, alpha):
+        k = torch.cat([d.keys["m"] for d in ds]).double()
+        return moment.precision(torch.float64, alpha * k.T @ k)
+
+    live = LivePrecision()
+    for n in (1, 2, 3):  # appended one by one: rank-k updates of the cached inverse
+        torch.testing.assert_close(live.get(0, "m", moment, 0.7, deltas[:n]), direct(deltas[:n], 0.7))
+    torch.testing.assert_close(live.get(0, "m", moment, 0.7, deltas[1:]), direct(deltas[1:], 0.7))  # not a prefix
+    torch.testing.assert_close(live.get(0, "m", moment, 2.0, deltas[1:]), direct(deltas[1:], 2.0))  # other weight
+    moment.update(torch.randn(10, 5))  # the moment changed: the cache must not be reused
+    torch.testing.assert_close(live.get(0, "m", moment, 2.0, deltas[1:]), direct(deltas[1:], 2.0))
 
 
 def test_every_edited_module_has_its_own_moment_fitted_on_the_corpus(tokenizer, tmp_path):
