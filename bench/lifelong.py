@@ -118,7 +118,7 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
             moment.shrinkage = arm["shrinkage"]
         editor.config.key_shrinkage = arm["shrinkage"]
     if arm["corpus"]:
-        editor.fit_key_moments(preservation_requests(world, seed), progress=True)
+        editor.fit_key_moments(preservation_requests(world, seed))
     editor.config = replace(editor.config, live_weight=arm["live"])
     editor.save(out, extra={"arm": arm["name"], "from": str(paths.editor_dir)})
     return out

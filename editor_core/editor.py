@@ -27,9 +27,8 @@ from transformers import PreTrainedTokenizerBase
 from editor_core.arch import default_modules, get_module, weight_shape
 from editor_core.capture import Capture, capture_batch, concat_captures
 from editor_core.delta import Delta
-from editor_core.capture import capture_keys
 from editor_core.hypernet import HyperNet
-from editor_core.key_moment import KEY_SOURCES, KeyMoment, LivePrecision
+from editor_core.key_moment import KEY_SOURCES, KeyMoment, LivePrecision, keys_only_delta
 from editor_core.models import model_fingerprint
 from editor_core.solve import Shift, solve_shift
 from editor_core.tokens import pair_batch
@@ -185,21 +184,16 @@ class SMEditor(nn.Module):
                 self.key_moment(name).update(cap.keys)
 
     @torch.no_grad()
-    def fit_key_moments(self, requests: Sequence[EditRequest], progress: bool = False) -> None:
+    def fit_key_moments(self, requests: Sequence[EditRequest]) -> None:
         """Fit each module's key moment on what the model knows and freeze it (``key_source="corpus"``).
 
         ``requests`` are facts the model already gives (prompt, its answer): their keys at the
         answer positions, on this model, are what later edits must leave alone (MEMIT's ``C0``).
         """
-        batches: dict[str, list[torch.Tensor]] = {name: [] for name in self.module_names}
-        chunks = list(_chunks(list(requests), self.config.edit_batch_size))
-        for chunk in tqdm(chunks, desc="preserved keys", disable=not progress):
-            batch = pair_batch(self.tokenizer, [r.prompt for r in chunk], [r.target for r in chunk],
-                               self.config.max_length)
-            for name, keys in capture_keys(self.model, self.module_names, batch, positions="predict").items():
-                batches[name].append(keys)
+        keys = keys_only_delta(self.model, self.tokenizer, self.module_names, list(requests),
+                               self.config.max_length, self.config.edit_batch_size).keys
         for name in self.module_names:
-            self.key_moment(name).fit(batches[name])
+            self.key_moment(name).fit([keys[name]] if name in keys else [])
         self.config.key_source = "corpus"
 
     def live_precisions(self, step: int, live: Sequence[Delta]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from editor_core.capture import capture_keys
+from editor_core.delta import Delta
+from editor_core.tokens import pair_batch
+from editor_core.types import EditRequest
 
 PRECONDITIONS = ("full", "diag", "none")
 KEY_SOURCES = ("edits", "corpus")
@@ -180,3 +186,19 @@ def _woodbury(precision: torch.Tensor, keys: torch.Tensor, alpha: float) -> torc
         precision = precision - pk @ torch.linalg.solve(inner, pk.T)
         precision = (precision + precision.T) / 2  # keep it symmetric against rounding
     return precision
+
+
+@torch.no_grad()
+def keys_only_delta(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, module_names: Sequence[str],
+    requests: Sequence[EditRequest], max_length: int, chunk: int = 32,
+) -> Delta:
+    """A delta with no shift that records ``requests``' keys (at the positions predicting their
+    targets, on ``model`` as it is): what a later solve protects as if they were live edits."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(requests), chunk):
+        part = requests[start : start + chunk]
+        batch = pair_batch(tokenizer, [r.prompt for r in part], [r.target for r in part], max_length)
+        for name, keys in capture_keys(model, module_names, batch, positions="predict").items():
+            parts.setdefault(name, []).append(keys.float().cpu())
+    return Delta({}, keys={name: torch.cat(k) for name, k in parts.items()})

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 from editor_core.arch import get_module, is_in_out
 from editor_core.capture import capture_keys
 from editor_core.delta import Delta
+from editor_core.key_moment import keys_only_delta
 from editor_core.editor import SMEditor, StepRecord
 from editor_core.solve import shift_dense
 from editor_core.tokens import PairBatch, pair_batch, target_nll
@@ -185,22 +186,13 @@ def _locality_keys(
 def _simulated_live(
     editor: SMEditor, pool: Sequence[EditRequest], batch: Sequence[EditRequest], cfg: TrainConfig, rng: random.Random
 ) -> list[Delta]:
-    """``cfg.live_history`` other training edits as one key-only delta (their keys on the unedited
-    model), so the hypernetworks learn under the solve the service uses once edits are live."""
+    """``cfg.live_history`` other training edits as one key-only delta, so the hypernetworks
+    learn under the solve the service uses once edits are live (the model is not edited by them)."""
     if cfg.live_history <= 0 or cfg.live_weight <= 0:
         return []
-    chosen = set(id(r) for r in batch)
-    others = [r for r in pool if id(r) not in chosen]
+    others = [r for r in pool if all(r is not b for b in batch)]
     picked = rng.sample(others, min(cfg.live_history, len(others)))
-    if not picked:
-        return []
-    keys: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(picked), editor.config.edit_batch_size):
-        chunk = picked[start : start + editor.config.edit_batch_size]
-        pb = pair_batch(editor.tokenizer, [r.prompt for r in chunk], [r.target for r in chunk], cfg.max_length)
-        for name, k in capture_keys(editor.model, editor.module_names, pb, positions="predict").items():
-            keys.setdefault(name, []).append(k)
-    return [Delta({}, keys={name: torch.cat(parts) for name, parts in keys.items()})]
+    return [keys_only_delta(editor.model, editor.tokenizer, editor.module_names, picked, cfg.max_length)]
 
 
 def train_step(
@@ -387,7 +379,7 @@ def meta_train(
         if config.key_source == "corpus":
             if not preserve:
                 raise ValueError('key_source="corpus" needs the facts to preserve (meta_train(..., preserve=...))')
-            editor.fit_key_moments(preserve, progress=progress)
+            editor.fit_key_moments(preserve)
         if config.init_lr is None:
             calibration = rng.sample(pool, min(len(pool), CALIBRATION_BATCHES * config.batch_size))
             warm_normalisers(editor, rng.sample(pool, min(len(pool), 4 * config.batch_size)))

@@ -136,7 +136,7 @@ def protect(
     ed = SMEditor.load(editor, lm, tok)
     if preserve:
         kept = _load(preserve, fmt, limit or None)
-        ed.fit_key_moments(kept, progress=True)
+        ed.fit_key_moments(kept)
         console.print(f"key moments fitted on {len(kept)} facts")
     ed.config = replace(ed.config, live_weight=live_weight)
     ed.save(out, extra={"derived_from": str(editor)})
