@@ -12,11 +12,12 @@ run touches (LS other / LS same: share of answer tokens whose argmax is the **ba
 Latency is submit -> applied per edit, p50/p99 over the edits since the previous checkpoint.
 
 Arms are editors served by the same service, named by options:
-``stacking`` (the demo editor as built: each edit solved without regard to the live ones, the
-reference); ``corpus`` (each module's key moment fitted on what the base model knows: the world's
+``stacking`` (meta-trained with the demo spec's regulariser and shrinkage, seeded by the run's
+seed, nothing protected: each edit solved without regard to the live ones, the reference);
+``demo`` (the demo editor as built, whatever it protects); ``corpus`` (each module's key moment fitted on what the base model knows: the world's
 pretraining facts, no retraining); ``live=μ`` (the solve also protects the live edits' keys with
-weight μ); ``shrinkage=s`` (the key moment's identity share); ``trained`` meta-trains an editor with
-the arm's solve instead of reusing the demo's (``history=H`` simulated live edits per step,
+weight μ); ``shrinkage=s`` (the key moment's identity share); untrained arms start from the
+``stacking`` editor; ``trained`` meta-trains an editor with the arm's solve instead (``history=H`` simulated live edits per step,
 ``steps=N``; batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
@@ -45,19 +46,18 @@ CHECKPOINTS = (25, 50, 100, 200, 500, 1000)
 QUICK_CHECKPOINTS = (8, 16, 32)
 METRICS = ["es", "gs_anchor", "gs_unseen", "ls_other", "ls_same"]
 DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
-PRESERVE_CAP = 4096  # preservation facts the corpus moment is fitted on (a sample of the corpus)
 
 
 def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
-                  "steps": None, "shrinkage": None}
+                  "steps": None, "shrinkage": None, "demo": False}
     for token in name.split():
         key, _, value = token.partition("=")
         try:
             if token == "stacking":
                 continue
-            elif token in ("corpus", "trained"):
+            elif token in ("corpus", "trained", "demo"):
                 opts[token] = True
             elif key == "live":
                 opts["live"] = float(value)
@@ -70,34 +70,36 @@ def parse_arm(name: str) -> dict:
             else:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, corpus, trained, live=, "
+            raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
                              "history=, steps=, shrinkage=)") from None
+    if opts["demo"] and name != "demo":
+        raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no options")
     return opts
 
 
-def preservation_requests(world, seed: int = 0):
-    """What the base model knows, as (prompt, its answer): a sample of the pretraining corpus."""
-    import random
+def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path, max_steps: int | None = None) -> Path:
+    """An editor checkpoint for the arm, written once under ``cache`` (keyed by its settings).
 
-    from editor_core.types import EditRequest
-
-    pairs = world.pretraining_pairs()
-    pairs = random.Random(seed).sample(pairs, min(PRESERVE_CAP, len(pairs)))
-    return [EditRequest(prompt=p, target=a) for p, a in pairs]
-
-
-def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path) -> Path:
-    """An editor checkpoint for the arm, written once under ``cache`` (keyed by its settings)."""
-    from demo_world.build import editor_requests
+    ``stacking`` is meta-trained with the demo spec's regulariser and shrinkage, nothing protected
+    (the demo editor before protection existed), seeded by ``seed``; untrained arms start from it.
+    """
+    from demo_world.build import editor_requests, preservation_requests
     from editor_core.editor import SMEditor
     from editor_core.hypernet import TRAINING_VERSION
 
-    ident = {k: v for k, v in arm.items() if k != "name"}
-    ident.update(seed=seed, training=TRAINING_VERSION, demo=json.loads(paths.stamp_json.read_text()))
+    if arm["demo"]:
+        return paths.editor_dir
+    steps = arm["steps"] or max_steps or spec.editor_steps
+    ident = {k: v for k, v in arm.items() if k not in ("name", "steps")}
+    ident["steps"] = steps
+    ident.update(seed=seed, training=TRAINING_VERSION, demo=json.loads(paths.stamp_json.read_text()).get("key"),
+                 reference=[spec.editor_reg, spec.editor_l2_metric, spec.editor_locality_weight,
+                            spec.editor_key_shrinkage, spec.editor_steps])
     out = cache / hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     if (out / "editor.json").is_file():
         return out
-    if arm["trained"]:
+    protects = arm["corpus"] or arm["live"] > 0 or arm["shrinkage"] is not None
+    if arm["trained"] or not protects:
         from bench.quality import demo_modules
         from editor_core.train import TrainConfig, meta_train
 
@@ -105,14 +107,15 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
         cfg = TrainConfig(
             n_steps=2, reg="l2", reg_coef=spec.editor_reg, l2_metric=spec.editor_l2_metric,
             locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec),
-            max_steps=arm["steps"] or spec.editor_steps, val_every=max(1, (arm["steps"] or spec.editor_steps) // 4),
+            max_steps=steps, val_every=max(1, steps // 4),
             key_shrinkage=arm["shrinkage"] or spec.editor_key_shrinkage,
             key_source="corpus" if arm["corpus"] else "edits", live_weight=arm["live"],
             live_history=arm["history"], batch_sizes=(1, 4, 16) if arm["history"] else None,
         )
         meta_train(model, tok, train, val, cfg, out, preserve=preservation_requests(world, seed))
         return out
-    editor = SMEditor.load(paths.editor_dir, model, tok)
+    base = arm_editor(parse_arm("stacking"), paths, model, tok, world, spec, seed, cache, max_steps)
+    editor = SMEditor.load(base, model, tok)
     if arm["shrinkage"] is not None:
         for moment in editor.key_moments:
             moment.shrinkage = arm["shrinkage"]
@@ -120,7 +123,7 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
     if arm["corpus"]:
         editor.fit_key_moments(preservation_requests(world, seed))
     editor.config = replace(editor.config, live_weight=arm["live"])
-    editor.save(out, extra={"arm": arm["name"], "from": str(paths.editor_dir)})
+    editor.save(out, extra={"arm": arm["name"], "from": str(base)})
     return out
 
 
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--split", choices=["dev", "test"], default="test", help="dev: choose settings; test: report")
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="editor arms (see the module doc)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="meta-training steps of trained arms (default: the demo spec's editor_steps; steps= per arm)")
     parser.add_argument("--gate", action="store_true", help="keep the service's default quality gate on")
     parser.add_argument("--json", type=Path, default=None, help="where to write the rows (default under bench/results)")
     parser.add_argument("--quick", action="store_true", help="tiny demo, 32 edits, checkpoints 8/16/32")
@@ -290,7 +295,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for seed in args.seeds:
         requests = edits_for(world, spec, args.split, seed, args.edits)
         for arm in arms:
-            editor_dir = arm_editor(arm, paths, model, tok, world, spec, seed, cache)
+            editor_dir = arm_editor(arm, paths, model, tok, world, spec, seed, cache, args.max_steps)
             rows += run_arm(arm, editor_dir, paths, requests, checkpoints, args.burst, args.gate, seed)
     summary = summarise(rows)
     print_table(f"lifelong editing, demo '{args.size}', {args.split} split, seeds {args.seeds}, burst {args.burst}",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from demo_world.pretrain import PretrainConfig, answer_hits, pretrain_lm
 from demo_world.world import WORLD_FORMAT_VERSION, World, generate_world
 from editor_core.hypernet import TRAINING_VERSION
+from editor_core.types import EditRequest
 
 DEMO_VERSION = "1"  # bump when a change in world/pretrain code should invalidate built demos
 
@@ -53,6 +55,12 @@ class DemoSize:
     editor_l2_metric: str = "frobenius"
     editor_locality_weight: float = 0.5
     editor_key_shrinkage: float = 0.1  # the SMEdit editor's EditorConfig.key_shrinkage
+    # What the SMEdit editor's solve protects (bench.lifelong): key moments fitted on a sample of
+    # the world's corpus (key_source="corpus"), live edits' keys with this weight, trained as if
+    # ``editor_live_history`` edits were live (batch sizes 1/4/16).
+    editor_preserve: bool = False
+    editor_live_weight: float = 0.0
+    editor_live_history: int = 0
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
@@ -124,7 +132,21 @@ def _editor_key(spec: DemoSize) -> dict:
         key["reg"] = reg
     if spec.editor_key_shrinkage != 0.1:
         key["key_shrinkage"] = spec.editor_key_shrinkage
+    protect = [spec.editor_preserve, spec.editor_live_weight, spec.editor_live_history]
+    if protect != [False, 0.0, 0]:
+        key["protect"] = protect
     return key
+
+
+PRESERVE_SAMPLE = 4096  # corpus facts the protected editor's key moments are fitted on
+
+
+def preservation_requests(world: World, seed: int = 0, n: int = PRESERVE_SAMPLE) -> list[EditRequest]:
+    """What the base model knows, as (prompt, its answer): a seeded sample of the pretraining
+    corpus, the preservation set an editor's key moments are fitted on (``fit_key_moments``)."""
+    pairs = world.pretraining_pairs()
+    pairs = random.Random(seed).sample(pairs, min(n, len(pairs)))
+    return [EditRequest(prompt=p, target=a) for p, a in pairs]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -333,7 +355,12 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
         ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=spec.editor_reg,
                                                  l2_metric=spec.editor_l2_metric,
                                                  locality_weight=spec.editor_locality_weight,
-                                                 key_shrinkage=spec.editor_key_shrinkage, **common)),
+                                                 key_shrinkage=spec.editor_key_shrinkage,
+                                                 key_source="corpus" if spec.editor_preserve else "edits",
+                                                 live_weight=spec.editor_live_weight,
+                                                 live_history=spec.editor_live_history,
+                                                 batch_sizes=(1, 4, 16) if spec.editor_live_history else None,
+                                                 **common)),
         ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **common)),
     ):
         started = time.perf_counter()
@@ -342,7 +369,8 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
         if (tmp / "editor.json").is_file() and _saved_config(tmp) != asdict(config):
             shutil.rmtree(tmp)
         model, tokenizer = load_model(paths.model_dir)  # fresh each time: training must not leak
-        meta_train(model, tokenizer, train, val, config, tmp, progress=progress)
+        preserve = preservation_requests(world, seed) if config.key_source == "corpus" else None
+        meta_train(model, tokenizer, train, val, config, tmp, progress=progress, preserve=preserve)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         out[name] = {"dir": target.name, "seconds": round(time.perf_counter() - started, 1)}

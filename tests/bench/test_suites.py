@@ -303,14 +303,20 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(tiny_setup
     monkeypatch.setattr(bench.lifelong, "demo_world_model", lambda *a, **k: (paths, model, tok, world))
 
     out = tmp_path / "rows.json"
-    bench.lifelong.main(["--size", "tiny", "--edits", "3", "--arms", "stacking", "corpus live=1", "--json", str(out)])
+    bench.lifelong.main(["--size", "tiny", "--edits", "3", "--max-steps", "2", "--json", str(out),
+                         "--arms", "demo", "stacking", "corpus live=1", "trained corpus live=1 history=4"])
     rows = _load(out)
-    assert isinstance(rows, list) and [r["arm"] for r in rows] == ["stacking", "corpus live=1"]
+    assert isinstance(rows, list)
+    assert [r["arm"] for r in rows] == ["demo", "stacking", "corpus live=1", "trained corpus live=1 history=4"]
     for r in rows:
         assert {"arm", "live_edits", "es", "gs_anchor", "gs_unseen", "ls_other", "ls_same",
                 "latency_p50_s", "latency_p99_s"} <= set(r)
         assert sum(r["statuses"].values()) == 3 and r["live_edits"] == r["statuses"].get("applied", 0)
         assert r["latency_p50_s"] > 0
     assert (results / "lifelong_tiny_test_curve.png").stat().st_size > 0
+    editors = [json.loads(p.read_text()) for p in (results / "lifelong_editors" / "tiny").glob("*/editor.json")]
+    assert len(editors) == 3  # stacking, and the two derived from it
+    protected = [e["config"] for e in editors if e["config"]["key_source"] == "corpus"]
+    assert len(protected) == 2 and all(c["live_weight"] == 1.0 for c in protected)
     with pytest.raises(SystemExit):
         bench.lifelong.main(["--arms", "corpus live=lots"])
