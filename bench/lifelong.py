@@ -18,7 +18,7 @@ seed, nothing protected: each edit solved without regard to the live ones, the r
 pretraining facts, no retraining); ``live=μ`` (the solve also protects the live edits' keys with
 weight μ); ``shrinkage=s`` (the key moment's identity share); untrained arms start from the
 ``stacking`` editor; ``trained`` meta-trains an editor with the arm's solve instead (``history=H`` simulated live edits per step,
-``steps=N``; batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
+``steps=N``, ``reg=C`` the L2 coefficient; batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
 eval entities. Choose arms and their settings on dev; report test. The gate is off (the curve is
@@ -51,7 +51,7 @@ DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
 def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
-                  "steps": None, "shrinkage": None, "demo": False}
+                  "steps": None, "shrinkage": None, "reg": None, "demo": False}
     for token in name.split():
         key, _, value = token.partition("=")
         try:
@@ -65,13 +65,13 @@ def parse_arm(name: str) -> dict:
                 opts["history"] = int(value)
             elif key == "steps":
                 opts["steps"] = int(value)
-            elif key == "shrinkage":
-                opts["shrinkage"] = float(value)
+            elif key in ("shrinkage", "reg"):
+                opts[key] = float(value)
             else:
                 raise ValueError
         except ValueError:
             raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
-                             "history=, steps=, shrinkage=)") from None
+                             "history=, steps=, shrinkage=, reg=)") from None
     if opts["demo"] and name != "demo":
         raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no options")
     return opts
@@ -99,13 +99,15 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
     if (out / "editor.json").is_file():
         return out
     protects = arm["corpus"] or arm["live"] > 0 or arm["shrinkage"] is not None
+    if arm["reg"] is not None and not arm["trained"]:
+        raise ValueError(f"arm {arm['name']!r}: reg= only applies to a trained arm")
     if arm["trained"] or not protects:
         from bench.quality import demo_modules
         from editor_core.train import TrainConfig, meta_train
 
         train, val = editor_requests(world, spec, seed)
         cfg = TrainConfig(
-            n_steps=2, reg="l2", reg_coef=spec.editor_reg, l2_metric=spec.editor_l2_metric,
+            n_steps=2, reg="l2", reg_coef=arm["reg"] or spec.editor_reg, l2_metric=spec.editor_l2_metric,
             locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec),
             max_steps=steps, val_every=max(1, steps // 4),
             key_shrinkage=arm["shrinkage"] or spec.editor_key_shrinkage,

@@ -160,7 +160,11 @@ class LivePrecision:
             precision, done = _dense_precision(moment), 0
         new = [d.keys[name] for d in deltas[done:]]
         if new:
-            precision = _woodbury(precision, torch.cat(new).to(device=precision.device, dtype=torch.float64), alpha)
+            keys = torch.cat(new).to(device=precision.device, dtype=torch.float64)
+            if done == 0 and keys.shape[0] > moment.size:  # more rows than inputs: one inverse is cheaper
+                precision = moment.precision(torch.float64, alpha * keys.T @ keys)
+            else:
+                precision = _woodbury(precision, keys, alpha)
         self._cache[(step, name)] = (stamp, deltas, precision)
         return precision
 

@@ -31,7 +31,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
-    "APIError", "AsyncClient", "AuthenticationError", "Client", "ConflictError", "Edit", "Fact", "Generation",
+    "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "Client", "ConflictError", "Edit", "Fact", "Generation",
     "InvalidRequestError", "Job", "JobAccepted", "NotFoundError", "Page", "PermissionDeniedError", "Probe",
     "ServiceUnavailableError", "Submission", "Version", "WaitTimeout", "TERMINAL_EDIT_STATUSES",
 ]
@@ -76,6 +76,14 @@ class ConflictError(APIError):
 
 class ServiceUnavailableError(APIError):
     """503 (model still loading) or 504 (``min_version`` not live in time)."""
+
+
+class APIConnectionError(APIError):
+    """No answer at all: the server is down or unreachable, or the URL is not one httpx can use.
+    ``status_code`` is None; the transport's exception is the ``__cause__``."""
+
+    def __init__(self, url: str, error: Exception) -> None:
+        super().__init__(None, f"cannot reach {url}: {error}")  # type: ignore[arg-type]
 
 
 class WaitTimeout(TimeoutError):
@@ -328,7 +336,10 @@ class Client(_Base):
             self.http.close()
 
     def _send(self, req: _Req) -> Any:
-        r = self.http.request(req.method, req.path, json=req.json, params=req.params, headers=req.headers)
+        try:
+            r = self.http.request(req.method, req.path, json=req.json, params=req.params, headers=req.headers)
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise APIConnectionError(str(self.http.base_url), exc) from exc
         _raise_for(r)
         return r.json()
 
@@ -489,7 +500,10 @@ class AsyncClient(_Base):
             await self.http.aclose()
 
     async def _send(self, req: _Req) -> Any:
-        r = await self.http.request(req.method, req.path, json=req.json, params=req.params, headers=req.headers)
+        try:
+            r = await self.http.request(req.method, req.path, json=req.json, params=req.params, headers=req.headers)
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise APIConnectionError(str(self.http.base_url), exc) from exc
         _raise_for(r)
         return r.json()
 

@@ -18,7 +18,7 @@ from typing import Any, List, Optional, TypeVar
 import typer
 from pydantic import BaseModel
 
-from smedit.client import APIError, Client, Fact, WaitTimeout
+from smedit.client import APIConnectionError, APIError, Client, Fact, WaitTimeout
 
 client_app = typer.Typer(help="Talk to a running smedit server.", no_args_is_help=True)
 
@@ -37,6 +37,9 @@ def _call(fn: Callable[[], R]) -> R:
     """Run a client call; API errors become ``error <status>: <detail>`` and exit code 1."""
     try:
         return fn()
+    except APIConnectionError as exc:
+        typer.echo(f"error: {exc.detail} (is the service running? --url / SMEDIT_URL)", err=True)
+        raise typer.Exit(1) from None
     except APIError as exc:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         typer.echo(f"error {exc.status_code}: {detail}", err=True)

@@ -121,3 +121,20 @@ def test_train_editor_cli_with_the_locality_l2_metric(tiny_model_dir: Path, tmp_
     assert result.exit_code == 2 and "locality probes" in result.output, result.output
     result = runner.invoke(app, args[:7] + ["--locality-weight", "1.5"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "--locality-weight" in result.output
+
+
+def test_client_verbs_name_an_unreachable_server_instead_of_a_traceback() -> None:
+    import pytest
+
+    from smedit.client import APIConnectionError, Client
+
+    port = free_port()  # nothing listens there
+    runner = CliRunner()
+    history = _single(client_cmds.history)
+    for url in (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"):  # refused; no scheme
+        result = runner.invoke(history, ["--url", url])
+        assert result.exit_code == 1, result.output
+        assert "cannot reach" in result.output and "Traceback" not in result.output
+    with pytest.raises(APIConnectionError, match="cannot reach") as info, Client(f"http://127.0.0.1:{port}") as c:
+        c.list_edits()
+    assert info.value.status_code is None and isinstance(info.value.__cause__, httpx.TransportError)

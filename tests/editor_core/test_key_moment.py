@@ -67,6 +67,8 @@ def test_the_live_precision_is_updated_incrementally_and_equals_the_direct_inver
     torch.testing.assert_close(live.get(0, "m", moment, 2.0, deltas[1:]), direct(deltas[1:], 2.0))  # other weight
     moment.update(torch.randn(10, 5))  # the moment changed: the cache must not be reused
     torch.testing.assert_close(live.get(0, "m", moment, 2.0, deltas[1:]), direct(deltas[1:], 2.0))
+    many = [Delta({}, keys={"m": torch.randn(4, 5)}) for _ in range(3)]  # 12 rows > 5 inputs: direct
+    torch.testing.assert_close(live.get(1, "m", moment, 0.5, many), direct(many, 0.5))
 
 
 def test_every_edited_module_has_its_own_moment_fitted_on_the_corpus(tokenizer, tmp_path):
