@@ -3,8 +3,8 @@
     python -m bench.lifelong [--size small|tiny] [--edits 200] [--burst 1] [--seeds 0 1 2]
         [--split dev|test] [--arms stacking corpus "corpus live=1"] [--json FILE] [--quick]
 
-The embedded service (uvicorn in a thread, SQLite, in-process queue: the worker's own code path)
-receives ``--edits`` demo-world edits, one POST per fact, ``--burst`` at a time (1: each waits
+The embedded service (uvicorn in a thread, SQLite, in-process queue: the worker's own code path;
+``--production``: a worker process on Redis + PostgreSQL and an API replica in this process) receives ``--edits`` demo-world edits, one POST per fact, ``--burst`` at a time (1: each waits
 until the previous is applied). At each checkpoint (25, 50, 100, 200, 500, 1000 live edits, as far
 as ``--edits`` goes) the live weights are scored on **all** live edits (ES, GS anchor, GS unseen:
 teacher-forced token accuracy, as the papers) and on locality probes of facts that no edit of the
@@ -18,7 +18,7 @@ seed, nothing protected: each edit solved without regard to the live ones, the r
 pretraining facts, no retraining); ``live=μ`` (the solve also protects the live edits' keys with
 weight μ); ``shrinkage=s`` (the key moment's identity share); untrained arms start from the
 ``stacking`` editor; ``trained`` meta-trains an editor with the arm's solve instead (``history=H`` simulated live edits per step,
-``steps=N``, ``reg=C`` the L2 coefficient; batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
+``steps=N``, ``reg=C`` the L2 coefficient, ``S=k`` edit steps (default 2); batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
 eval entities. Choose arms and their settings on dev; report test. The gate is off (the curve is
@@ -37,6 +37,7 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,7 +52,7 @@ DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
 def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
-                  "steps": None, "shrinkage": None, "reg": None, "demo": False}
+                  "steps": None, "shrinkage": None, "reg": None, "S": 2, "demo": False}
     for token in name.split():
         key, _, value = token.partition("=")
         try:
@@ -61,8 +62,8 @@ def parse_arm(name: str) -> dict:
                 opts[token] = True
             elif key == "live":
                 opts["live"] = float(value)
-            elif key == "history":
-                opts["history"] = int(value)
+            elif key in ("history", "S"):
+                opts[key] = int(value)
             elif key == "steps":
                 opts["steps"] = int(value)
             elif key in ("shrinkage", "reg"):
@@ -71,7 +72,9 @@ def parse_arm(name: str) -> dict:
                 raise ValueError
         except ValueError:
             raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
-                             "history=, steps=, shrinkage=, reg=)") from None
+                             "history=, steps=, shrinkage=, reg=, S=)") from None
+    if (opts["reg"] is not None or opts["S"] != 2 or opts["history"]) and not opts["trained"]:
+        raise ValueError(f"arm {name!r}: reg=, S= and history= only apply to a trained arm")
     if opts["demo"] and name != "demo":
         raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no options")
     return opts
@@ -99,15 +102,13 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
     if (out / "editor.json").is_file():
         return out
     protects = arm["corpus"] or arm["live"] > 0 or arm["shrinkage"] is not None
-    if arm["reg"] is not None and not arm["trained"]:
-        raise ValueError(f"arm {arm['name']!r}: reg= only applies to a trained arm")
     if arm["trained"] or not protects:
         from bench.quality import demo_modules
         from editor_core.train import TrainConfig, meta_train
 
         train, val = editor_requests(world, spec, seed)
         cfg = TrainConfig(
-            n_steps=2, reg="l2", reg_coef=arm["reg"] or spec.editor_reg, l2_metric=spec.editor_l2_metric,
+            n_steps=arm["S"], reg="l2", reg_coef=arm["reg"] or spec.editor_reg, l2_metric=spec.editor_l2_metric,
             locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec),
             max_steps=steps, val_every=max(1, steps // 4),
             key_shrinkage=arm["shrinkage"] or spec.editor_key_shrinkage,
@@ -182,53 +183,90 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: int, gate: bool, seed: int) -> list[dict]:
+@contextmanager
+def serving(paths, editor_dir: Path, gate: bool, production: bool, redis_url: str, pg_url: str):
+    """The service for one arm: embedded (one process, SQLite, in-process queue) or production
+    (a worker process on Redis + PostgreSQL, and an API replica in this process that follows it:
+    its weights are replayed from the database, and the edits are scored on them)."""
+    from bench.serving import Server, settings_for
+
+    with tempfile.TemporaryDirectory(prefix="smedit-lifelong-") as tmp:
+        settings = settings_for(paths, Path(tmp), paths.canary_file.read_text().split("\n"), gate)
+        settings = settings.model_copy(update={"editor_dir": editor_dir})
+        if not production:
+            server = Server(settings)
+            try:
+                yield server
+            finally:
+                server.stop()
+            return
+        from bench.service import drop_schema, make_schema
+        from smedit.commands.cluster import LocalCluster
+
+        schema = make_schema()
+        database_url = f"{pg_url}?options=-csearch_path%3D{schema}"
+        env = {"SMEDIT_MODEL_DIR": str(paths.model_dir), "SMEDIT_EDITOR_DIR": str(editor_dir), "SMEDIT_DEVICE": "cpu",
+               "SMEDIT_ADMIN_KEY": settings.admin_key, "SMEDIT_GATE_ENABLED": str(gate).lower(),
+               "SMEDIT_CANARY_PROMPTS": "|".join(settings.canary_prompts), "SMEDIT_LOG_LEVEL": "WARNING",
+               "SMEDIT_REDIS_PREFIX": schema, "SMEDIT_DATA_DIR": str(Path(tmp) / "worker")}
+        cluster = LocalCluster(database_url, redis_url, env=env, log_dir=Path(tmp) / "logs")
+        try:
+            cluster.start(api_replicas=0, workers=1, timeout=600)
+            replica = settings.model_copy(update={"role": "api", "database_url": database_url, "redis_url": redis_url,
+                                                  "redis_prefix": schema})
+            server = Server(replica)
+            try:
+                yield server
+            finally:
+                server.stop()
+        finally:
+            cluster.stop()
+            drop_schema(schema)
+
+
+def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: int, gate: bool, seed: int,
+            production: bool = False, redis_url: str = "", pg_url: str = "") -> list[dict]:
     """Serve ``editor_dir``, submit ``requests`` ``burst`` at a time, score at each checkpoint."""
-    from bench.serving import Server, as_json, settings_for, wait_terminal
+    from bench.serving import as_json, wait_terminal
     from editor_core.scores import locality_reference
 
     probes = untouched_probes(requests)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="smedit-lifelong-") as tmp:
-        settings = settings_for(paths, Path(tmp), paths.canary_file.read_text().split("\n"), gate)
-        settings = settings.model_copy(update={"editor_dir": editor_dir})
-        server = Server(settings)
-        try:
-            runtime = server.server.config.app.state.services.runtime
-            with runtime.lock:
-                refs = locality_reference(runtime.model, runtime.tokenizer, [p for ps in probes for p, _ in ps])
-            live: list = []
-            latencies: list[float] = []
-            statuses: dict[str, int] = {}
-            with server.client() as c:
-                for start in range(0, len(requests), burst):
-                    group = requests[start : start + burst]
-                    t0 = time.perf_counter()
-                    ids = []
-                    for r in group:
-                        resp = c.post("/v1/edits", json={"edits": [as_json(r)], "author": "bench.lifelong",
-                                                         "reason": f"lifelong {arm['name']}"})
-                        resp.raise_for_status()
-                        ids.append(resp.json()["edit_ids"][0])
-                    for r, edit_id in zip(group, ids):
-                        body = wait_terminal(c, edit_id)
-                        latencies.append(time.perf_counter() - t0)
-                        statuses[body["status"]] = statuses.get(body["status"], 0) + 1
-                        if body["status"] == "applied":
-                            live.append(r)
-                    submitted = start + len(group)
-                    if any(submitted >= cp > start for cp in checkpoints) or submitted == len(requests):
-                        t1 = time.perf_counter()
-                        scores = score_live(runtime, live, probes, refs) if live else {}
-                        rows.append({"arm": arm["name"], "seed": seed, "submitted": submitted, "live_edits": len(live),
-                                     **{m: scores.get(m) for m in METRICS},
-                                     "latency_p50_s": percentile(latencies, 0.5),
-                                     "latency_p99_s": percentile(latencies, 0.99),
-                                     "score_s": round(time.perf_counter() - t1, 2), "statuses": dict(statuses)})
-                        print(json.dumps(rows[-1]))
-                        latencies = []
-        finally:
-            server.stop()
+    with serving(paths, editor_dir, gate, production, redis_url, pg_url) as server:
+        runtime = server.server.config.app.state.services.runtime
+        with runtime.lock:
+            refs = locality_reference(runtime.model, runtime.tokenizer, [p for ps in probes for p, _ in ps])
+        live: list = []
+        latencies: list[float] = []
+        statuses: dict[str, int] = {}
+        with server.client() as c:
+            for start in range(0, len(requests), burst):
+                group = requests[start : start + burst]
+                t0 = time.perf_counter()
+                ids = []
+                for r in group:
+                    resp = c.post("/v1/edits", json={"edits": [as_json(r)], "author": "bench.lifelong",
+                                                     "reason": f"lifelong {arm['name']}"})
+                    resp.raise_for_status()
+                    ids.append(resp.json()["edit_ids"][0])
+                for r, edit_id in zip(group, ids):
+                    body = wait_terminal(c, edit_id)  # answers once this process serves the version
+                    latencies.append(time.perf_counter() - t0)
+                    statuses[body["status"]] = statuses.get(body["status"], 0) + 1
+                    if body["status"] == "applied":
+                        live.append(r)
+                submitted = start + len(group)
+                if any(submitted >= cp > start for cp in checkpoints) or submitted == len(requests):
+                    t1 = time.perf_counter()
+                    scores = score_live(runtime, live, probes, refs) if live else {}
+                    rows.append({"arm": arm["name"], "seed": seed, "submitted": submitted, "live_edits": len(live),
+                                 **{m: scores.get(m) for m in METRICS},
+                                 "latency_p50_s": percentile(latencies, 0.5),
+                                 "latency_p99_s": percentile(latencies, 0.99),
+                                 "score_s": round(time.perf_counter() - t1, 2), "statuses": dict(statuses),
+                                 "mode": "production" if production else "embedded"})
+                    print(json.dumps(rows[-1]), flush=True)
+                    latencies = []
     return rows
 
 
@@ -273,6 +311,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="meta-training steps of trained arms (default: the demo spec's editor_steps; steps= per arm)")
     parser.add_argument("--gate", action="store_true", help="keep the service's default quality gate on")
+    parser.add_argument("--production", action="store_true",
+                        help="a worker process on Redis + PostgreSQL, scored on a replica's replayed weights")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--json", type=Path, default=None, help="where to write the rows (default under bench/results)")
     parser.add_argument("--quick", action="store_true", help="tiny demo, 32 edits, checkpoints 8/16/32")
     args = parser.parse_args(argv)
@@ -298,13 +340,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         requests = edits_for(world, spec, args.split, seed, args.edits)
         for arm in arms:
             editor_dir = arm_editor(arm, paths, model, tok, world, spec, seed, cache, args.max_steps)
-            rows += run_arm(arm, editor_dir, paths, requests, checkpoints, args.burst, args.gate, seed)
+            rows += run_arm(arm, editor_dir, paths, requests, checkpoints, args.burst, args.gate, seed,
+                            args.production, args.redis_url, args.pg_url)
     summary = summarise(rows)
     print_table(f"lifelong editing, demo '{args.size}', {args.split} split, seeds {args.seeds}, burst {args.burst}",
                 ["arm", "live edits"] + METRICS + ["p50 s", "p99 s"],
                 [[e["arm"], e["live_edits"]] + [e["mean"][m] if e["mean"][m] is not None else "-"
                                                  for m in METRICS + ["latency_p50_s", "latency_p99_s"]] for e in summary])
-    payload = {"size": args.size, "split": args.split, "seeds": args.seeds, "burst": args.burst, "gate": args.gate,
+    payload = {"size": args.size, "split": args.split, "production": args.production, "seeds": args.seeds, "burst": args.burst, "gate": args.gate,
                "edits": args.edits, "checkpoints": checkpoints, "arms": [a["name"] for a in arms],
                "seconds": round(time.perf_counter() - started, 1), "rows": rows, "summary": summary}
     name = f"lifelong_{args.size}_{args.split}"

@@ -320,3 +320,27 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(tiny_setup
     assert len(protected) == 2 and all(c["live_weight"] == 1.0 for c in protected)
     with pytest.raises(SystemExit):
         bench.lifelong.main(["--arms", "corpus live=lots"])
+
+
+def test_lifelong_suite_in_production_mode_scores_a_replica_of_a_worker_process(tiny_setup, results, tmp_path,
+                                                                                  monkeypatch):
+    """Redis + PostgreSQL: the worker is another process; the rows come from a replica's weights."""
+    import bench.lifelong
+    from editor_core.arch import last_layer_modules
+    from editor_core.editor import EditorConfig, SMEditor
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    SMEditor(model, tok, EditorConfig(n_steps=1, rank=4, modules=last_layer_modules(model, 1))).save(tmp_path / "editor")
+    (tmp_path / "canaries.txt").write_text("\n".join(p.prompt for p in world.canary_prompts(4)))
+    (tmp_path / "stamp.json").write_text("{}")
+    paths = SimpleNamespace(root=tmp_path, model_dir=tmp_path / "model", editor_dir=tmp_path / "editor",
+                            canary_file=tmp_path / "canaries.txt", stamp_json=tmp_path / "stamp.json")
+    monkeypatch.setattr(bench.lifelong, "demo_world_model", lambda *a, **k: (paths, model, tok, world))
+
+    out = tmp_path / "rows.json"
+    bench.lifelong.main(["--size", "tiny", "--edits", "3", "--production", "--json", str(out), "--arms", "demo"])
+    [row] = _load(out)
+    assert row["mode"] == "production" and row["statuses"] == {"applied": 3} and row["live_edits"] == 3
+    assert row["es"] is not None and row["ls_other"] is not None
