@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
-from demo_world.build import editor_requests, DEMO_SIZES
+from demo_world.build import DEMO_SIZES, editor_requests, preservation_requests
 from editor_core.editor import SMEditor
 from editor_core.evaluate import evaluate_editing
 from editor_core.train import CALIBRATION_BATCHES, TrainConfig, calibrate_init_lr, meta_train, warm_normalisers
@@ -58,7 +58,7 @@ def demo_modules(model, spec, layers: int | None = None) -> list[str] | None:
 
 
 def trained_editor(model, tok, train, val, cfg: TrainConfig, cache: Path, tag: str,
-                   extra: dict | None = None, progress: bool = True) -> SMEditor:
+                   extra: dict | None = None, progress: bool = True, preserve=None) -> SMEditor:
     """Meta-train, or reuse a finished run with identical settings, data and base model.
 
     ``extra`` joins the cache key (e.g. ``{"fraction": 0.05}`` for low-data runs, or the data
@@ -69,11 +69,27 @@ def trained_editor(model, tok, train, val, cfg: TrainConfig, cache: Path, tag: s
     ident = {"cfg": asdict(cfg), "tag": tag, "n": len(train), "training": TRAINING_VERSION}
     if extra:
         ident["extra"] = extra
+    if cfg.key_source == "corpus":
+        ident["preserve"] = _digest_requests(preserve)
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode())
     out = cache / key.hexdigest()[:12]
     if (out / "editor.json").is_file() and json.loads((out / "editor.json").read_text()).get("train_step") == cfg.max_steps:
         return SMEditor.load(out, model, tok)
-    return meta_train(model, tok, train, val, cfg, out, progress=progress)
+    return meta_train(model, tok, train, val, cfg, out, progress=progress, preserve=preserve)
+
+
+def _digest_requests(requests) -> str:
+    digest = hashlib.sha256()
+    for r in requests or []:
+        digest.update(f"{r.prompt}\x00{r.target}\x01".encode())
+    return digest.hexdigest()[:16]
+
+
+def wants_live(edit_fn) -> bool:
+    """Whether ``edit_fn`` is an editor's ``edit`` that protects live edits (the harness must
+    then pass them: ``evaluate_editing(..., pass_live=True)``)."""
+    editor = getattr(edit_fn, "__self__", None)
+    return isinstance(editor, SMEditor) and editor.config.live_weight > 0
 
 
 def effective_batch(n: int, available: int, what: str = "held-out edits") -> int:
@@ -99,10 +115,14 @@ def summarise(results: dict[str, dict], columns: list[str]) -> list[list]:
     return rows
 
 
-def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
+def untrained_editor(model, tok, train, cfg: TrainConfig, preserve=None) -> SMEditor:
     editor = SMEditor(model, tok, cfg.editor_config())
     import random
 
+    if cfg.key_source == "corpus":
+        if not preserve:
+            raise ValueError("key_source=corpus needs the facts the model knows (no preservation set here)")
+        editor.fit_key_moments(preserve)
     rng = random.Random(cfg.seed)
     warm_normalisers(editor, rng.sample(train, min(len(train), 4 * cfg.batch_size)))
     calibrate_init_lr(editor, rng.sample(train, min(len(train), CALIBRATION_BATCHES * cfg.batch_size)), cfg)
@@ -112,7 +132,7 @@ def untrained_editor(model, tok, train, cfg: TrainConfig) -> SMEditor:
 # Options a method name may end with, e.g. "SMEdit S=2 L2 reg=5e-4 max_steps=400": TrainConfig
 # fields (``reg=C`` sets the coefficient, as the L2/KL choice is part of the method's name).
 OPTION_FIELDS = ("reg", "meta_lr", "rank", "n_blocks", "max_steps", "batch_size", "init_lr", "l2_metric",
-                 "locality_weight", "precondition", "key_shrinkage")
+                 "locality_weight", "precondition", "key_shrinkage", "key_source", "live_weight", "live_history")
 
 
 def split_options(name: str) -> tuple[str, dict]:
@@ -135,11 +155,12 @@ def split_options(name: str) -> tuple[str, dict]:
 
 def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int, modules: list[str] | None,
                 cache: Path, tag: str, extra: dict | None = None, batch_size: int | None = None,
-                progress: bool = True):
+                progress: bool = True, preserve=None):
     """``edit_fn`` of the method printed as ``name`` (no-edit, FT-L eps=B, untrained S=2, or a
     meta-trained one of :func:`method_configs`), training or reusing the editor as needed.
 
     ``batch_size`` overrides the meta-training batch (low-data runs have fewer edits than 16).
+    ``preserve``: what the base model knows, for ``key_source=corpus`` (the base's own corpus).
     """
     from dataclasses import replace
 
@@ -151,7 +172,7 @@ def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int,
     base_name, overrides = split_options(name)
     configs = method_configs(max_steps, seed, modules)
     if base_name == "untrained S=2":
-        return untrained_editor(model, tok, train, replace(configs["SMEdit S=2 L2"], **overrides)).edit
+        return untrained_editor(model, tok, train, replace(configs["SMEdit S=2 L2"], **overrides), preserve).edit
     if base_name not in configs:
         raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of "
                          f"{sorted(configs)}, optionally followed by options such as ' reg=C' "
@@ -159,7 +180,9 @@ def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int,
     cfg = replace(configs[base_name], **overrides)
     if batch_size is not None:
         cfg = replace(cfg, batch_size=batch_size)
-    return trained_editor(model, tok, train, val, cfg, cache, tag, extra=extra, progress=progress).edit
+    if cfg.key_source == "corpus" and not preserve:
+        raise ValueError(f"method {name!r}: key_source=corpus needs the facts the model knows (no preservation set here)")
+    return trained_editor(model, tok, train, val, cfg, cache, tag, extra=extra, progress=progress, preserve=preserve).edit
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -198,12 +221,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         modules = demo_modules(model, spec, args.edit_layers)
         names = args.methods or DEFAULT_METHODS
         methods = {name: make_method(name, model, tok, train, val, max_steps=args.max_steps, seed=seed,
-                                     modules=modules, cache=cache, tag=f"{args.size}-{paths.root}")
+                                     modules=modules, cache=cache, tag=f"{args.size}-{paths.root}",
+                                     preserve=preservation_requests(world, seed))
                    for name in names}
         for name, edit_fn in methods.items():
             for n in args.batch_sizes:
                 n_eff = effective_batch(n, len(evaluation))
-                report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff, generation=True)
+                report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff, generation=True,
+                                          pass_live=wants_live(edit_fn))
                 entry = results.setdefault(f"{name}|{n}", {"method": name, "batch": n, "batch_effective": n_eff})
                 entry.setdefault("runs", []).append(
                     {"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},

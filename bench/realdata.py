@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                              "the library default for --model-dir)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--n-eval", type=int, default=128, help="held-out edits evaluated")
+    parser.add_argument("--sequential", type=int, default=1,
+                        help="T: apply T batches one after another before measuring all of them (lifelong-style)")
     parser.add_argument("--max-steps", type=int, default=300, help="meta-training steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.base != "minilm" and (args.minilm_dir is not None or args.full_vocab):
         parser.error("--minilm-dir and --full-vocab go with --base minilm")
 
-    from bench.quality import effective_batch, make_method, summarise
+    from bench.quality import effective_batch, make_method, summarise, wants_live
     from editor_core.arch import last_layer_modules, layer_count
     from editor_core.data import DataFormatError, load_edits, split_requests
     from editor_core.evaluate import evaluate_editing
@@ -311,6 +313,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     layers = args.edit_layers or (None if args.model_dir is not None else layer_count(model))
     modules = last_layer_modules(model, layers) if layers else None
 
+    from editor_core.types import EditRequest
+
+    # what the base model was taught (its corpus): the preservation set of key_source=corpus methods
+    preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(records)]
     results: dict = {}
     base = None
     for seed in args.seeds:
@@ -324,16 +330,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         for method in args.methods:
             edit_fn = make_method(method, model, tok, train, val, max_steps=args.max_steps, seed=seed,
                                   modules=modules, cache=results_dir() / "editors" / "realdata",
-                                  tag=model_tag(model_dir), extra=extra)
+                                  tag=model_tag(model_dir), extra=extra, preserve=preserve)
             for n in args.batch_sizes:
                 n_eff = effective_batch(n, len(evaluation))
-                report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff,
-                                          generation=not args.no_generation, progress=True)
-                entry = results.setdefault(f"{method}|{n}", {"method": method, "batch": n, "batch_effective": n_eff})
+                t_eff = max(1, min(args.sequential, len(evaluation) // n_eff))
+                report = evaluate_editing(model, tok, edit_fn, evaluation[: n_eff * t_eff] if args.sequential > 1 else evaluation,
+                                          batch_size=n_eff, sequential=t_eff, generation=not args.no_generation,
+                                          progress=True, pass_live=wants_live(edit_fn))
+                entry = results.setdefault(f"{method}|{n}", {"method": method, "batch": n, "batch_effective": n_eff,
+                                                            "sequential": t_eff})
                 entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
                                                      "edit_s": report["timing"]["edit_seconds_mean"]})
     rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
-    print_table(f"real-data edits, {name}, {len(records)} records, seeds {args.seeds}",
+    print_table(f"real-data edits, {name}, {len(records)} records, seeds {args.seeds}, T={args.sequential}",
                 ["method", "n"] + COLUMNS, rows)
     from bench.plots import plot_quality
 
@@ -343,7 +352,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "base": None if args.model_dir is not None else args.base,
         "edit_modules": modules, "pretrain": None if pre_stats is None else
         {k: v for k, v in pre_stats.items() if k not in ("history",)},
-        "base_model": base, "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
+        "base_model": base, "seeds": args.seeds, "sequential": args.sequential, "max_steps": args.max_steps, "n_eval": args.n_eval,
         "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
     }, plot_quality)
 

@@ -41,14 +41,15 @@ def parse_setting(text: str) -> tuple[int, int]:
 
 def run_sequential(model, tok, train, val, evaluation, settings: list[tuple[int, int]], methods: list[str], *,
                    max_steps: int, seed: int, modules, cache: Path, tag: str, generation: bool = True,
-                   progress: bool = True, results: dict | None = None) -> dict:
+                   progress: bool = True, results: dict | None = None, preserve=None) -> dict:
     """Evaluate every method at every (T, n) on ``evaluation``; adds one run per entry to ``results``."""
+    from bench.quality import wants_live
     from editor_core.evaluate import evaluate_editing
 
     results = {} if results is None else results
     for name in methods:
         edit_fn = make_method(name, model, tok, train, val, max_steps=max_steps, seed=seed, modules=modules,
-                              cache=cache, tag=tag, progress=progress)
+                              cache=cache, tag=tag, progress=progress, preserve=preserve)
         for t, n in settings:
             t_eff = min(t, len(evaluation) // n)
             if t_eff < 1:
@@ -57,7 +58,7 @@ def run_sequential(model, tok, train, val, evaluation, settings: list[tuple[int,
                 print(f"note: {t}x{n} needs {t * n} held-out edits, there are {len(evaluation)}: running {t_eff}x{n}")
             started = time.perf_counter()
             report = evaluate_editing(model, tok, edit_fn, evaluation[: t_eff * n], batch_size=n, sequential=t_eff,
-                                      generation=generation, progress=progress)
+                                      generation=generation, progress=progress, pass_live=wants_live(edit_fn))
             entry = results.setdefault(f"{name}|{t}x{n}", {"method": name, "T": t_eff, "n": n, "edits": t_eff * n,
                                                            "T_requested": t})
             entry.setdefault("runs", []).append(
@@ -67,7 +68,7 @@ def run_sequential(model, tok, train, val, evaluation, settings: list[tuple[int,
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from demo_world.build import DEMO_SIZES, editor_requests
+    from demo_world.build import DEMO_SIZES, editor_requests, preservation_requests
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         evaluation = world.edit_requests("eval", seed=seed)
         run_sequential(model, tok, train, val, evaluation, args.settings, args.methods, max_steps=args.max_steps,
                        seed=seed, modules=demo_modules(model, spec), cache=results_dir() / "editors" / args.size,
-                       tag=f"{args.size}-{paths.root}", generation=not args.no_generation, results=results)
+                       tag=f"{args.size}-{paths.root}", generation=not args.no_generation, results=results,
+                       preserve=preservation_requests(world, seed))
     rows = [[e["method"], f"{e['T']}x{e['n']}", e["edits"]] + row
             for e, row in zip(results.values(), summarise(results, COLUMNS))]
     print_table(f"sequential editing, demo '{args.size}', seeds {args.seeds}", ["method", "TxN", "edits"] + COLUMNS, rows)

@@ -344,3 +344,26 @@ def test_lifelong_suite_in_production_mode_scores_a_replica_of_a_worker_process(
     [row] = _load(out)
     assert row["mode"] == "production" and row["statuses"] == {"applied": 3} and row["live_edits"] == 3
     assert row["es"] is not None and row["ls_other"] is not None
+
+
+def test_protected_methods_fit_the_preservation_set_and_are_handed_the_live_edits(tiny_setup, tmp_path):
+    from bench.quality import make_method, wants_live
+    from editor_core.evaluate import evaluate_editing
+    from editor_core.types import EditRequest
+
+    model, tok, world = tiny_setup
+    train = world.edit_requests("train", seed=0)[:8]
+    common = dict(max_steps=1, seed=0, modules=None, cache=tmp_path, tag="t", progress=False, batch_size=4)
+    known = [EditRequest(prompt=p, target=a) for p, a in world.pretraining_pairs()[:24]]
+    for name in ("untrained S=2 key_source=corpus", "SMEdit S=2 L2 key_source=corpus live_weight=1"):
+        with pytest.raises(ValueError, match="key_source=corpus needs"):
+            make_method(name, model, tok, train, train[:2], **common)
+    plain = make_method("untrained S=2", model, tok, train, train[:2], **common)
+    assert not wants_live(plain)
+    for name in ("untrained S=2 key_source=corpus live_weight=1", "SMEdit S=2 L2 key_source=corpus live_weight=1 live_history=4"):
+        edit_fn = make_method(name, model, tok, train, train[:2], preserve=known, **common)
+        editor = edit_fn.__self__
+        assert wants_live(edit_fn) and editor.config.key_source == "corpus"
+        assert all(m.fitted == 1 for m in editor.key_moments)
+        report = evaluate_editing(model, tok, edit_fn, train[:4], batch_size=1, sequential=4, generation=False, pass_live=True)
+        assert report["summary"]["n_requests"] == 4
