@@ -4,7 +4,7 @@ Everything goes into ``data_dir / "demo" / size``::
 
     world.json          the World (facts, phrasings, splits) -- World.load(path)
     model/              Hugging Face dir (safetensors + tokenizer + pretrain_stats.json)
-    editor/             SMEdit checkpoint (TrainConfig(n_steps=2, reg="l2")), when trained
+    editor/             SMEdit checkpoint (smedit_config: L2, S=2; "small" protects its corpus and live edits, S=3)
     editor_malmen/      MALMEN checkpoint (TrainConfig(n_steps=1, reg="kl")), when trained
     stats.json          world summary, pretraining stats, how well each phrasing role is known
     canaries.txt        the gate's canary prompts, one per line (the service's SMEDIT_CANARY_FILE)
@@ -61,14 +61,24 @@ class DemoSize:
     editor_preserve: bool = False
     editor_live_weight: float = 0.0
     editor_live_history: int = 0
+    # the protected editor's own recipe, where it differs from the unprotected one above (None: same)
+    editor_protected_shrinkage: float | None = None
+    editor_protected_steps: int | None = None  # edit steps S
+    editor_protected_train_steps: int | None = None  # meta-training steps
 
 
 DEMO_SIZES: dict[str, DemoSize] = {
     "tiny": DemoSize(n_products=40, pretrain=PretrainConfig.preset("tiny"), editor_steps=60, edit_layers=2),
     # n=16, 7 seeds (bench/README.md): ES .973, GS .959, LS other .988, same .969; the paper's
     # plain norm at reg 1e-3 gave .91 / .90 / .99 / .98 (key shrinkage 0.1, old calibration)
+    # The SMEdit editor protects what the model knows and the live edits (bench.lifelong, chosen on
+    # the dev split: S=3, corpus key moments with shrinkage 0.005, live weight 1, trained as if
+    # 256 edits were live, 400 steps); the fields before editor_preserve are the unprotected
+    # recipe (the lifelong bench's "stacking" reference, and what the MALMEN editor shares).
     "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small"), editor_reg=5e-4,
-                      editor_l2_metric="locality", editor_locality_weight=0.9, editor_key_shrinkage=0.03),
+                      editor_l2_metric="locality", editor_locality_weight=0.9, editor_key_shrinkage=0.03,
+                      editor_preserve=True, editor_live_weight=1.0, editor_live_history=256,
+                      editor_protected_shrinkage=0.005, editor_protected_steps=3, editor_protected_train_steps=400),
 }
 
 
@@ -132,8 +142,9 @@ def _editor_key(spec: DemoSize) -> dict:
         key["reg"] = reg
     if spec.editor_key_shrinkage != 0.1:
         key["key_shrinkage"] = spec.editor_key_shrinkage
-    protect = [spec.editor_preserve, spec.editor_live_weight, spec.editor_live_history]
-    if protect != [False, 0.0, 0]:
+    protect = [spec.editor_preserve, spec.editor_live_weight, spec.editor_live_history,
+               spec.editor_protected_shrinkage, spec.editor_protected_steps, spec.editor_protected_train_steps]
+    if protect != [False, 0.0, 0, None, None, None]:
         key["protect"] = protect
     return key
 
@@ -338,6 +349,20 @@ def editor_requests(world: World, spec: DemoSize, seed: int):
     return train, val
 
 
+def smedit_config(spec: DemoSize, max_steps: int, seed: int, modules: list[str] | None):
+    """The demo's SMEdit editor: the spec's regulariser, and its protection recipe when it has one."""
+    from editor_core.train import TrainConfig
+
+    return TrainConfig(
+        n_steps=spec.editor_protected_steps or 2, reg="l2", reg_coef=spec.editor_reg,
+        l2_metric=spec.editor_l2_metric, locality_weight=spec.editor_locality_weight,
+        key_shrinkage=spec.editor_protected_shrinkage or spec.editor_key_shrinkage,
+        key_source="corpus" if spec.editor_preserve else "edits", live_weight=spec.editor_live_weight,
+        live_history=spec.editor_live_history, batch_sizes=(1, 4, 16) if spec.editor_live_history else None,
+        max_steps=spec.editor_protected_train_steps or max_steps, seed=seed, modules=modules,
+    )
+
+
 def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, progress: bool) -> dict:
     """Meta-train SMEdit and MALMEN on the world's train edits (each written via a temp dir)."""
     from editor_core.models import load_model
@@ -352,15 +377,7 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
         modules = last_layer_modules(load_model(paths.model_dir)[0], spec.edit_layers)
     common = dict(max_steps=spec.editor_steps, seed=seed, modules=modules)
     for name, target, config in (
-        ("smedit", paths.editor_dir, TrainConfig(n_steps=2, reg="l2", reg_coef=spec.editor_reg,
-                                                 l2_metric=spec.editor_l2_metric,
-                                                 locality_weight=spec.editor_locality_weight,
-                                                 key_shrinkage=spec.editor_key_shrinkage,
-                                                 key_source="corpus" if spec.editor_preserve else "edits",
-                                                 live_weight=spec.editor_live_weight,
-                                                 live_history=spec.editor_live_history,
-                                                 batch_sizes=(1, 4, 16) if spec.editor_live_history else None,
-                                                 **common)),
+        ("smedit", paths.editor_dir, smedit_config(spec, **common)),
         ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **common)),
     ):
         started = time.perf_counter()
