@@ -73,11 +73,11 @@ DEMO_SIZES: dict[str, DemoSize] = {
     # plain norm at reg 1e-3 gave .91 / .90 / .99 / .98 (key shrinkage 0.1, old calibration)
     # The SMEdit editor protects what the model knows and the live edits (bench.lifelong, chosen on
     # the dev split: S=3, corpus key moments with shrinkage 0.005, live weight 1, trained as if
-    # 256 edits were live, 400 steps); the fields before editor_preserve are the unprotected
+    # 128 edits were live, 400 steps); the fields before editor_preserve are the unprotected
     # recipe (the lifelong bench's "stacking" reference, and what the MALMEN editor shares).
     "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small"), editor_reg=5e-4,
                       editor_l2_metric="locality", editor_locality_weight=0.9, editor_key_shrinkage=0.03,
-                      editor_preserve=True, editor_live_weight=1.0, editor_live_history=256,
+                      editor_preserve=True, editor_live_weight=1.0, editor_live_history=128,
                       editor_protected_shrinkage=0.005, editor_protected_steps=3, editor_protected_train_steps=400),
 }
 
