@@ -18,7 +18,8 @@ seed, nothing protected: each edit solved without regard to the live ones, the r
 pretraining facts, no retraining); ``live=μ`` (the solve also protects the live edits' keys with
 weight μ); ``shrinkage=s`` (the key moment's identity share); untrained arms start from the
 ``stacking`` editor; ``trained`` meta-trains an editor with the arm's solve instead (``history=H`` simulated live edits per step,
-``steps=N``, ``reg=C`` the L2 coefficient, ``S=k`` edit steps (default 2); batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
+``steps=N``, ``reg=C`` the L2 coefficient, ``S=k`` edit steps (default 2), ``layers=K`` edits the MLP outputs of the last K layers (default:
+the demo's); batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
 eval entities. Choose arms and their settings on dev; report test. The gate is off (the curve is
@@ -52,7 +53,7 @@ DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
 def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
-                  "steps": None, "shrinkage": None, "reg": None, "S": 2, "demo": False}
+                  "steps": None, "shrinkage": None, "reg": None, "S": 2, "layers": None, "demo": False}
     for token in name.split():
         key, _, value = token.partition("=")
         try:
@@ -62,7 +63,7 @@ def parse_arm(name: str) -> dict:
                 opts[token] = True
             elif key == "live":
                 opts["live"] = float(value)
-            elif key in ("history", "S"):
+            elif key in ("history", "S", "layers"):
                 opts[key] = int(value)
             elif key == "steps":
                 opts["steps"] = int(value)
@@ -72,9 +73,9 @@ def parse_arm(name: str) -> dict:
                 raise ValueError
         except ValueError:
             raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
-                             "history=, steps=, shrinkage=, reg=, S=)") from None
-    if (opts["reg"] is not None or opts["S"] != 2 or opts["history"]) and not opts["trained"]:
-        raise ValueError(f"arm {name!r}: reg=, S= and history= only apply to a trained arm")
+                             "history=, steps=, shrinkage=, reg=, S=, layers=)") from None
+    if (opts["reg"] is not None or opts["S"] != 2 or opts["history"] or opts["layers"]) and not opts["trained"]:
+        raise ValueError(f"arm {name!r}: reg=, S=, history= and layers= only apply to a trained arm")
     if opts["demo"] and name != "demo":
         raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no options")
     return opts
@@ -109,7 +110,7 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
         train, val = editor_requests(world, spec, seed)
         cfg = TrainConfig(
             n_steps=arm["S"], reg="l2", reg_coef=arm["reg"] or spec.editor_reg, l2_metric=spec.editor_l2_metric,
-            locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec),
+            locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec, arm["layers"]),
             max_steps=steps, val_every=max(1, steps // 4),
             key_shrinkage=arm["shrinkage"] or spec.editor_key_shrinkage,
             key_source="corpus" if arm["corpus"] else "edits", live_weight=arm["live"],
