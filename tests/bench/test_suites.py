@@ -287,7 +287,9 @@ def test_realdata_leaves_facts_too_long_for_the_model_out_of_the_corpus():
     assert pairs == [("Q1?", "a1"), ("Q1 again?", "a1"), ("Short?", "yes")]
 
 
-def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(tiny_setup, results, tmp_path, monkeypatch):
+@pytest.fixture
+def lifelong_demo(tiny_setup, tmp_path, monkeypatch):
+    """The tiny fixture saved as a demo (model, untrained editor, canaries) for bench.lifelong."""
     import bench.lifelong
     from editor_core.arch import last_layer_modules
     from editor_core.editor import EditorConfig, SMEditor
@@ -301,9 +303,13 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(tiny_setup
     paths = SimpleNamespace(root=tmp_path, model_dir=tmp_path / "model", editor_dir=tmp_path / "editor",
                             canary_file=tmp_path / "canaries.txt", stamp_json=tmp_path / "stamp.json")
     monkeypatch.setattr(bench.lifelong, "demo_world_model", lambda *a, **k: (paths, model, tok, world))
+    return bench.lifelong
+
+
+def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_demo, results, tmp_path):
 
     out = tmp_path / "rows.json"
-    bench.lifelong.main(["--size", "tiny", "--edits", "3", "--max-steps", "2", "--json", str(out),
+    lifelong_demo.main(["--size", "tiny", "--edits", "3", "--max-steps", "2", "--json", str(out),
                          "--arms", "demo", "stacking", "corpus live=1", "trained corpus live=1 history=4"])
     rows = _load(out)
     assert isinstance(rows, list)
@@ -319,28 +325,14 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(tiny_setup
     protected = [e["config"] for e in editors if e["config"]["key_source"] == "corpus"]
     assert len(protected) == 2 and all(c["live_weight"] == 1.0 for c in protected)
     with pytest.raises(SystemExit):
-        bench.lifelong.main(["--arms", "corpus live=lots"])
+        lifelong_demo.main(["--arms", "corpus live=lots"])
 
 
-def test_lifelong_suite_in_production_mode_scores_a_replica_of_a_worker_process(tiny_setup, results, tmp_path,
-                                                                                  monkeypatch):
+def test_lifelong_suite_in_production_mode_scores_a_replica_of_a_worker_process(lifelong_demo, results, tmp_path):
     """Redis + PostgreSQL: the worker is another process; the rows come from a replica's weights."""
-    import bench.lifelong
-    from editor_core.arch import last_layer_modules
-    from editor_core.editor import EditorConfig, SMEditor
-
-    model, tok, world = tiny_setup
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    SMEditor(model, tok, EditorConfig(n_steps=1, rank=4, modules=last_layer_modules(model, 1))).save(tmp_path / "editor")
-    (tmp_path / "canaries.txt").write_text("\n".join(p.prompt for p in world.canary_prompts(4)))
-    (tmp_path / "stamp.json").write_text("{}")
-    paths = SimpleNamespace(root=tmp_path, model_dir=tmp_path / "model", editor_dir=tmp_path / "editor",
-                            canary_file=tmp_path / "canaries.txt", stamp_json=tmp_path / "stamp.json")
-    monkeypatch.setattr(bench.lifelong, "demo_world_model", lambda *a, **k: (paths, model, tok, world))
 
     out = tmp_path / "rows.json"
-    bench.lifelong.main(["--size", "tiny", "--edits", "3", "--production", "--json", str(out), "--arms", "demo"])
+    lifelong_demo.main(["--size", "tiny", "--edits", "3", "--production", "--json", str(out), "--arms", "demo"])
     [row] = _load(out)
     assert row["mode"] == "production" and row["statuses"] == {"applied": 3} and row["live_edits"] == 3
     assert row["es"] is not None and row["ls_other"] is not None
