@@ -386,7 +386,7 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
         if (tmp / "editor.json").is_file() and _saved_config(tmp) != asdict(config):
             shutil.rmtree(tmp)
         model, tokenizer = load_model(paths.model_dir)  # fresh each time: training must not leak
-        preserve = preservation_requests(world, seed) if config.key_source == "corpus" else None
+        preserve = preservation_requests(world, seed) if name == "smedit" and spec.editor_preserve else None
         meta_train(model, tokenizer, train, val, config, tmp, progress=progress, preserve=preserve)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)

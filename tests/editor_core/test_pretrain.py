@@ -129,8 +129,9 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
         def __init__(self, **kwargs):
             self.kwargs = kwargs
 
-    def meta_train(model, tokenizer, train_requests, val_requests, config, out_dir, progress=True):
+    def meta_train(model, tokenizer, train_requests, val_requests, config, out_dir, progress=True, preserve=None):
         assert train_requests and val_requests
+        assert preserve is None  # the tiny demo's editor protects nothing
         train_entities = {r.meta["entity"] for r in train_requests}
         assert not train_entities & {r.meta["entity"] for r in val_requests}
         assert all(r.meta["split"] == "train" for r in train_requests + val_requests)
@@ -230,3 +231,13 @@ def test_encode_pair_matches_in_context_tokenization():
     p, a = encode_pair(tok, "The price of Zorvex 300 is", "49 dollars")
     assert p + a == tok("The price of Zorvex 300 is 49 dollars")["input_ids"]
     assert tok.decode(a) == " 49 dollars"
+
+
+def test_the_small_demo_editor_is_trained_with_the_protected_solve():
+    from demo_world.build import DEMO_SIZES, smedit_config
+
+    small = smedit_config(DEMO_SIZES["small"], max_steps=200, seed=0, modules=None)
+    assert (small.key_source, small.live_weight, small.live_history, small.n_steps) == ("corpus", 1.0, 128, 3)
+    assert small.key_shrinkage == 0.005 and small.max_steps == 400 and small.batch_sizes == (1, 4, 16)
+    tiny = smedit_config(DEMO_SIZES["tiny"], max_steps=60, seed=0, modules=None)
+    assert (tiny.key_source, tiny.live_weight, tiny.n_steps, tiny.max_steps) == ("edits", 0.0, 2, 60)
