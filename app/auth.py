@@ -14,7 +14,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import repository as repo
+from app import api_keys
 from app.db import session_scope
 from app.settings import Settings
 
@@ -50,7 +50,7 @@ def authenticate(request: Request) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     with session_scope(request.app.state.services.sessions) as s:
-        row = repo.find_api_key(s, token)
+        row = api_keys.find_api_key(s, token)
         if row is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -91,11 +91,11 @@ def bootstrap_admin_key(settings: Settings, sessions: sessionmaker[Session]) -> 
 def _bootstrap_admin_key(settings: Settings, sessions: sessionmaker[Session]) -> str | None:
     with session_scope(sessions) as s:
         if settings.admin_key:
-            repo.ensure_api_key(s, "bootstrap-admin", ["admin"], settings.admin_key)
+            api_keys.ensure_api_key(s, "bootstrap-admin", ["admin"], settings.admin_key)
             return None
-        if repo.count_active_keys(s) != 0 or not settings.generate_admin_key:
+        if api_keys.count_active_keys(s) != 0 or not settings.generate_admin_key:
             return None
-        _, token = repo.create_api_key(s, "generated-admin", ["admin"])
+        _, token = api_keys.create_api_key(s, "generated-admin", ["admin"])
     banner = "=" * 72
     print(f"{banner}\nsmedit: generated an admin API key (shown once, stored hashed):\n\n    {token}\n\n"
           f"use it as: Authorization: Bearer <key>\n{banner}", flush=True)

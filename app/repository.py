@@ -1,4 +1,5 @@
-"""Persistence operations: every read and write the API and the worker make to the database.
+"""Persistence operations: every read and write the API and the worker make to the database
+(API keys: ``app/api_keys.py``).
 
 Functions take a ``Session`` and never commit (the caller owns the transaction), so a caller can
 group several operations into one atomic step: e.g. the worker writes the delta blob, the new
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +20,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.status import EditStatus, JobKind, JobStatus
-from app.tables import ApiKey, DeltaBlob, Edit, Idempotency, Job, Meta, Version, utcnow
+from app.tables import DeltaBlob, Edit, Idempotency, Job, Meta, Version, utcnow
 
 
 class NotFound(LookupError):
@@ -49,57 +49,6 @@ def set_meta(session: Session, key: str, value: str) -> None:
         session.add(Meta(key=key, value=value))
     else:
         row.value = value
-
-
-# ---- API keys -----------------------------------------------------------------------------
-def hash_key(token: str) -> str:
-    """Keys are random 256-bit tokens, so a plain sha256 (no salt, no stretching) is enough."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_key_token() -> str:
-    return "smk_" + secrets.token_urlsafe(32)
-
-
-def create_api_key(session: Session, name: str, scopes: Sequence[str], token: str | None = None) -> tuple[ApiKey, str]:
-    """Store a key (hashed); return the row and the plain token, which is shown exactly once."""
-    token = token or new_key_token()
-    row = ApiKey(name=name, key_hash=hash_key(token), scopes=sorted(set(scopes)), created_at=utcnow())
-    session.add(row)
-    session.flush()
-    return row, token
-
-
-def ensure_api_key(session: Session, name: str, scopes: Sequence[str], token: str) -> ApiKey:
-    """Idempotently store a configured key (e.g. SMEDIT_ADMIN_KEY) on every start."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))
-    if row is None:
-        row, _ = create_api_key(session, name, scopes, token)
-    return row
-
-
-def find_api_key(session: Session, token: str) -> ApiKey | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token)))
-    if row is None or row.revoked_at is not None:
-        return None
-    return row
-
-
-def count_active_keys(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0)
-
-
-def list_api_keys(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
-
-
-def revoke_api_key(session: Session, key_id: int) -> ApiKey:
-    row = session.get(ApiKey, key_id)
-    if row is None:
-        raise NotFound(f"api key {key_id} not found")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    return row
 
 
 # ---- edits and jobs -----------------------------------------------------------------------

@@ -183,18 +183,6 @@ def _locality_keys(
     return capture_keys(editor.model, editor.module_names, _locality_batch(editor.tokenizer, requests, cfg))
 
 
-def _simulated_live(
-    editor: SMEditor, pool: Sequence[EditRequest], batch: Sequence[EditRequest], cfg: TrainConfig, rng: random.Random
-) -> list[Delta]:
-    """``cfg.live_history`` other training edits as one key-only delta, so the hypernetworks
-    learn under the solve the service uses once edits are live (the model is not edited by them)."""
-    if cfg.live_history <= 0 or cfg.live_weight <= 0:
-        return []
-    others = [r for r in pool if all(r is not b for b in batch)]
-    picked = rng.sample(others, min(cfg.live_history, len(others)))
-    return [keys_only_delta(editor.model, editor.tokenizer, editor.module_names, picked, cfg.max_length)]
-
-
 def train_step(
     editor: SMEditor,
     requests: Sequence[EditRequest],
@@ -272,13 +260,11 @@ def warm_normalisers(editor: SMEditor, requests: Sequence[EditRequest]) -> None:
 def calibrate_init_lr(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConfig) -> float:
     """Pick the untrained editor's step size from a log grid by the training objective.
 
-    The right scale of MALMEN's ``lr`` depends on the model's key and gradient magnitudes (it
-    spans orders of magnitude between a 1M-parameter demo model and GPT-J), and a log-lr that
-    starts far off wastes most of a short training run walking there. Each candidate is scored
-    by the same objective training minimises, averaged over ``requests`` in batches of
-    ``cfg.batch_size`` (pass several batches: scored on one, the pick swung a whole grid step
-    between seeds, and so did the trained editor's success/locality balance); the best
-    half-decade point is then refined to a quarter decade.
+    MALMEN's ``lr`` scale depends on the model's key and gradient magnitudes (orders of magnitude
+    between a 1M-parameter demo model and GPT-J); a log-lr far off wastes a short run walking there.
+    Each candidate is scored by the training objective, averaged over ``requests`` in batches of
+    ``cfg.batch_size`` (on one batch the pick swung a grid step between seeds, and so did the
+    trained editor's balance); the best half-decade point is refined to a quarter decade.
     """
     batches = [list(requests[i : i + cfg.batch_size]) for i in range(0, len(requests), cfg.batch_size)]
 
@@ -392,7 +378,11 @@ def meta_train(
     for step in bar:
         size = rng.choice(config.batch_sizes) if config.batch_sizes else config.batch_size
         batch = rng.sample(pool, min(size, len(pool)))
-        live = _simulated_live(editor, pool, batch, config, rng)
+        live = []
+        if config.live_history and config.live_weight > 0:  # other training edits' keys, as if live
+            others = [r for r in pool if all(r is not b for b in batch)]
+            picked = rng.sample(others, min(config.live_history, len(others)))
+            live = [keys_only_delta(editor.model, tokenizer, editor.module_names, picked, config.max_length)]
         stats = train_step(editor, batch, config, optimizer, live)
         bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k != "grad_norm"})
         done = step + 1

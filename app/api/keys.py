@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
-from app import repository as repo
+from app import api_keys
+from app.repository import NotFound
+from app.tables import ApiKey
 from app.api.deps import ServicesDep
 from app.auth import Principal, require
 from app.db import session_scope
@@ -13,21 +15,21 @@ from app.schemas import KeyCreated, KeyIn, KeyOut
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-def _out(row: repo.ApiKey) -> KeyOut:
+def _out(row: ApiKey) -> KeyOut:
     return KeyOut(id=row.id, name=row.name, scopes=list(row.scopes), created_at=row.created_at, revoked_at=row.revoked_at)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 def create_key(body: KeyIn, svc: ServicesDep, _: Principal = Depends(require("admin"))) -> KeyCreated:
     with session_scope(svc.sessions) as s:
-        row, token = repo.create_api_key(s, body.name, body.scopes)
+        row, token = api_keys.create_api_key(s, body.name, body.scopes)
         return KeyCreated(**_out(row).model_dump(), key=token)
 
 
 @router.get("", response_model=list[KeyOut])
 def list_keys(svc: ServicesDep, _: Principal = Depends(require("admin"))) -> list[KeyOut]:
     with session_scope(svc.sessions) as s:
-        return [_out(r) for r in repo.list_api_keys(s)]
+        return [_out(r) for r in api_keys.list_api_keys(s)]
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
@@ -36,6 +38,6 @@ def revoke_key(key_id: int, svc: ServicesDep, principal: Principal = Depends(req
         raise HTTPException(status.HTTP_409_CONFLICT, "refusing to revoke the key making this request")
     with session_scope(svc.sessions) as s:
         try:
-            return _out(repo.revoke_api_key(s, key_id))
-        except repo.NotFound as exc:
+            return _out(api_keys.revoke_api_key(s, key_id))
+        except NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
+from app import api_keys
 from app import repository as repo
 from app.db import SchemaTooNewError, current_revision, make_engine, make_sessionmaker, session_scope, upgrade_to_head
 from app.tables import Base, DeltaBlob, Version
@@ -105,12 +106,12 @@ def test_delta_blobs_are_checksummed(sessions) -> None:
 
 def test_api_keys_are_stored_hashed(sessions) -> None:
     with session_scope(sessions) as s:
-        row, token = repo.create_api_key(s, "bot", ["read", "read"])
+        row, token = api_keys.create_api_key(s, "bot", ["read", "read"])
         assert row.scopes == ["read"] and row.key_hash != token and token not in row.key_hash
     with session_scope(sessions) as s:
-        assert repo.find_api_key(s, token).name == "bot"
-        assert repo.find_api_key(s, token + "x") is None
-        repo.revoke_api_key(s, row.id)
+        assert api_keys.find_api_key(s, token).name == "bot"
+        assert api_keys.find_api_key(s, token + "x") is None
+        api_keys.revoke_api_key(s, row.id)
     with session_scope(sessions) as s:
-        assert repo.find_api_key(s, token) is None
-        assert repo.count_active_keys(s) == 0
+        assert api_keys.find_api_key(s, token) is None
+        assert api_keys.count_active_keys(s) == 0
