@@ -8,7 +8,9 @@ The embedded service (uvicorn in a thread, SQLite, in-process queue: the worker'
 until the previous is applied). At each checkpoint (25, 50, 100, 200, 500, 1000 live edits, as far
 as ``--edits`` goes) the live weights are scored on **all** live edits (ES, GS anchor, GS unseen:
 teacher-forced token accuracy, as the papers) and on locality probes of facts that no edit of the
-run touches (LS other / LS same: share of answer tokens whose argmax is the **base** model's).
+run touches (LS other / LS same: share of answer tokens whose argmax is the **base** model's;
+``spec_other`` / ``spec_same``: token accuracy of their TRUE answers, the papers' Specificity, next
+to the base model's own, ``base_spec_*``).
 Latency is submit -> applied per edit, p50/p99 over the edits since the previous checkpoint.
 
 Arms are editors served by the same service, named by options:
@@ -46,7 +48,7 @@ from bench.common import demo_world_model, print_table, resolve_size, results_di
 
 CHECKPOINTS = (25, 50, 100, 200, 500, 1000)
 QUICK_CHECKPOINTS = (8, 16, 32)
-METRICS = ["es", "gs_anchor", "gs_unseen", "ls_other", "ls_same"]
+METRICS = ["es", "gs_anchor", "gs_unseen", "ls_other", "ls_same", "spec_other", "spec_same"]
 DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
 
 
@@ -171,9 +173,28 @@ def score_live(runtime, requests, probes, refs) -> dict:
         flat = [(p, g) for ps in probes for p, g in ps]
         if flat:
             ls = locality_scores(model, tok, [p for p, _ in flat], refs)
-            for group in ("other", "same"):
-                values = [v for v, (_, g) in zip(ls, flat) if g == group]
-                out[f"ls_{group}"] = statistics.mean(values) if values else None
+            out.update(_by_group(ls, flat, "ls"))
+            out.update(specificity(model, tok, flat))
+    return out
+
+
+def specificity(model, tok, flat) -> dict:
+    """The papers' Specificity: token accuracy of the TRUE answer on untouched probes (LS above
+    is "unchanged vs the base"; a fact the base got wrong counts against both the base and this)."""
+    from editor_core.scores import teacher_forced
+
+    known = [(p, g) for p, g in flat if p.answer]
+    if not known:
+        return {}
+    tf = teacher_forced(model, tok, [p.prompt for p, _ in known], [p.answer for p, _ in known])
+    return _by_group([s.token_acc for s in tf], known, "spec")
+
+
+def _by_group(values, flat, prefix: str) -> dict:
+    out = {}
+    for group in ("other", "same"):
+        picked = [v for v, (_, g) in zip(values, flat) if g == group]
+        out[f"{prefix}_{group}"] = statistics.mean(picked) if picked else None
     return out
 
 
@@ -237,6 +258,7 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
         runtime = server.server.config.app.state.services.runtime
         with runtime.lock:
             refs = locality_reference(runtime.model, runtime.tokenizer, [p for ps in probes for p, _ in ps])
+            base_spec = specificity(runtime.model, runtime.tokenizer, [x for ps in probes for x in ps])
         live: list = []
         latencies: list[float] = []
         statuses: dict[str, int] = {}
@@ -265,6 +287,7 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
                                  "latency_p50_s": percentile(latencies, 0.5),
                                  "latency_p99_s": percentile(latencies, 0.99),
                                  "score_s": round(time.perf_counter() - t1, 2), "statuses": dict(statuses),
+                                 **{f"base_{k}": v for k, v in base_spec.items()},
                                  "mode": "production" if production else "embedded"})
                     print(json.dumps(rows[-1]), flush=True)
                     latencies = []
