@@ -37,7 +37,9 @@ COLUMNS = ["es", "es_first", "es_gen", "gs_anchor", "gs_anchor_first", "gs_ancho
 def method_configs(max_steps: int, seed: int, modules: list[str] | None = None) -> dict[str, TrainConfig]:
     base = dict(max_steps=max_steps, seed=seed, val_every=max(1, max_steps // 4), modules=modules)
     return {
-        "MALMEN S=1 KL": TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **base),
+        # MALMEN as published: one step, KL, the plain ridge (no key covariance); rows named so before
+        # 2026-12-02 used this project's key-covariance ridge ("... precondition=full key_shrinkage=0.1")
+        "MALMEN S=1 KL": TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, precondition="none", key_shrinkage=1.0, **base),
         "SMEdit S=1 L2": TrainConfig(n_steps=1, reg="l2", reg_coef=1e-3, **base),
         "SMEdit S=2 L2": TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, **base),
         "SMEdit S=3 L2": TrainConfig(n_steps=3, reg="l2", reg_coef=1e-3, **base),

@@ -136,7 +136,8 @@ def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
 
 def _editor_key(spec: DemoSize) -> dict:
     """What the demo editors were trained with: other settings retrain them, not the model."""
-    key = {"steps": spec.editor_steps, "edit_layers": spec.edit_layers, "training": TRAINING_VERSION}
+    key = {"steps": spec.editor_steps, "edit_layers": spec.edit_layers, "training": TRAINING_VERSION,
+           "malmen": "plain ridge"}
     reg = [spec.editor_reg, spec.editor_l2_metric, spec.editor_locality_weight]
     if reg != [1e-3, "frobenius", 0.5]:  # keys of earlier builds unchanged
         key["reg"] = reg
@@ -378,7 +379,8 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
     common = dict(max_steps=spec.editor_steps, seed=seed, modules=modules)
     for name, target, config in (
         ("smedit", paths.editor_dir, smedit_config(spec, **common)),
-        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **common)),
+        ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, precondition="none",
+                                                 key_shrinkage=1.0, **common)),  # MALMEN's plain ridge
     ):
         started = time.perf_counter()
         # Not cleared first: meta_train resumes a run of the same settings cut short.

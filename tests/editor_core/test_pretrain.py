@@ -151,7 +151,7 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     assert [(c["n_steps"], c["reg"]) for c in calls] == [(2, "l2"), (1, "kl")]
     assert _mtimes(paths.model_dir) == model_before
     assert json.loads(paths.stamp_json.read_text())["editors"] == {"steps": 200, "edit_layers": None,
-                                                                   "training": TRAINING_VERSION}
+                                                                   "training": TRAINING_VERSION, "malmen": "plain ridge"}
     assert "editors" in json.loads(paths.stats_json.read_text())
     build_demo(tmp_path, size="tiny", progress=False, train_editor=True)  # cached now
     assert len(calls) == 2
@@ -171,7 +171,8 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     smedit = calls[-2]
     assert (smedit["reg_coef"], smedit["l2_metric"], smedit["locality_weight"], smedit["key_shrinkage"]) == (
         5e-4, "locality", 0.9, 0.03)
-    assert "key_shrinkage" not in calls[-1]  # MALMEN keeps the library's ridge
+    # MALMEN keeps its own plain ridge, whatever the SMEdit editor's shrinkage
+    assert (calls[-1]["precondition"], calls[-1]["key_shrinkage"]) == ("none", 1.0)
     stamp = json.loads(paths.stamp_json.read_text())["editors"]
     assert stamp["reg"] == [5e-4, "locality", 0.9] and stamp["key_shrinkage"] == 0.03
 
