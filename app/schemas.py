@@ -13,6 +13,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.settings import Settings
+from app.text_checks import ValidUnicode
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ def _not_blank(value: str) -> str:
 Text = Annotated[str, AfterValidator(_not_blank)]
 
 
-class _In(BaseModel):
+class _In(ValidUnicode, BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -112,3 +112,36 @@ def test_bad_inputs_elsewhere(server: RunningServer) -> None:
     assert "name" in str(_fields(c.post("/v1/keys", json={"name": "", "scopes": ["read"]})))
     assert "scopes" in str(_fields(c.post("/v1/keys", json={"name": "n", "scopes": []})))
     _assert_nothing_stored(c)
+
+
+SURROGATE = "\\ud800"  # as it arrives in JSON: a lone UTF-16 surrogate escape
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/edits", '{"prompt": "%s", "target": "blue"}', "edits.0.prompt"),
+    ("/v1/edits", '{"prompt": "The sky is", "target": "b%s"}', "edits.0.target"),
+    ("/v1/edits", '{"prompt": "The sky is", "target": "blue", "author": "%s"}', "author"),
+    ("/v1/edits", '{"prompt": "The sky is", "target": "blue", "paraphrases": ["ok", "%s"]}', "edits.0.paraphrases"),
+    ("/v1/edits", '{"prompt": "The sky is", "target": "blue", "locality": [{"prompt": "%s"}]}', "edits.0.locality.0.prompt"),
+    ("/v1/generate", '{"prompt": "The sky %s"}', "prompt"),
+    ("/v1/probe", '{"prompt": "The sky is", "target": "%s"}', "target"),
+])
+def test_a_lone_surrogate_is_a_422_naming_the_field(server: RunningServer, path: str, body: str, field: str) -> None:
+    c = server.client()
+    r = c.post(path, content=(body % SURROGATE).encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, (r.status_code, ascii(r.text))  # ascii: a surrogate breaks pytest's report
+    fields = _fields(r)
+    assert any(f.startswith(field) for f in fields), fields
+    assert "Unicode" in r.text
+    _assert_nothing_stored(c)
+
+
+def test_a_lone_surrogate_in_the_openai_layer_is_a_400_naming_the_param(server: RunningServer) -> None:
+    c = server.client()
+    for path, body, param in [
+        ("/v1/completions", '{"model": "m", "prompt": "The sky %s", "max_tokens": 2}', "prompt"),
+        ("/v1/chat/completions", '{"model": "m", "messages": [{"role": "user", "content": "hi %s"}]}', "messages"),
+    ]:
+        r = c.post(path, content=(body % SURROGATE).encode(), headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, (path, r.status_code, ascii(r.text))
+        assert param in r.text and "Unicode" in r.text, ascii(r.text)

@@ -20,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.text_checks import ValidUnicode
+
 VERSION_HEADER = "X-Smedit-Model-Version"
 MAX_N = 8
 MAX_STOP = 8
@@ -91,7 +93,7 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 
 # ---- requests -----------------------------------------------------------------------------
-class _Lenient(BaseModel):
+class _Lenient(ValidUnicode, BaseModel):
     """Unknown fields are ignored: clients send many optional OpenAI parameters."""
 
     model_config = ConfigDict(extra="ignore")
