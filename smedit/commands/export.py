@@ -168,7 +168,8 @@ def lora(
             raise ExportError(f"version {vd.number} has no active deltas: it is the base model, nothing to export")
         _prepare_out(out, force)
         model = _load_base(base_dir, "float32", vd)
-        report = export_lora(model, vd.deltas, out, max_rank=max_rank, base_model_name_or_path=str(base_dir),
+        # absolute: AutoPeftModelForCausalLM.from_pretrained(OUT) must find the base from any directory
+        report = export_lora(model, vd.deltas, out, max_rank=max_rank, base_model_name_or_path=str(Path(base_dir).resolve()),
                              info=_info(vd, base_dir))
         return {**_info(vd, base_dir), **report.as_dict()}
 

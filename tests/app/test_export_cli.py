@@ -35,7 +35,8 @@ def _export(*args: str) -> dict:
     return json.loads(result.output)
 
 
-def test_exports_reproduce_the_service_model(server: RunningServer, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_exports_reproduce_the_service_model(server: RunningServer, tiny_model_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     admin = server.client()
@@ -55,6 +56,14 @@ def test_exports_reproduce_the_service_model(server: RunningServer, tiny_model_d
     for got, want in zip(_logits(lora, tok), live):
         assert torch.allclose(got, want, atol=1e-4, rtol=0)
     assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(live, base_logits))  # the edits did something
+    # the adapter names its base by an absolute path, even when --model-dir was given relative
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(tiny_model_dir, tmp_path)
+    _export("lora", "-v", "2", "--out", "lora_rel", "--data-dir", where[1], "--model-dir", relative)
+    config = json.loads((tmp_path / "lora_rel" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
 
     report = _export("model", "--out", str(tmp_path / "full"), *where)  # default: the latest version
     assert report["version"] == 2 and report["weights_hash_matches_version"]
