@@ -124,8 +124,16 @@ def test_realdata_suite_builds_a_base_model_and_evaluates(tiny_setup, results, t
         assert {"es", "gs", "ls", "cf_efficacy"} <= set(r["mean"]) and r["batch"] == 3
     models = list((results / "realdata").glob("lm-tiny-*"))
     assert len(models) == 1 and (models[0] / "pretrain_stats.json").is_file()
-    main(args)  # cached: the same base model is reused, not a second one built
+    # cached: the same base model is reused, not a second one built; here 2 batches stay live at
+    # once and the protected method is fitted on the base's own corpus and handed the live deltas
+    protected = "SMEdit S=2 L2 key_source=corpus live_weight=1"
+    main(args + ["--sequential", "2", "--methods", "no-edit", protected])
     assert list((results / "realdata").glob("lm-tiny-*")) == models
+    out = _load(results / "realdata_cf30_tiny.json")
+    assert out["sequential"] == 2 and {r["method"] for r in out["results"]} == {"no-edit", protected}
+    assert all(r["sequential"] == 2 for r in out["results"])
+    editors = [json.loads(p.read_text())["config"] for p in (results / "editors" / "realdata").glob("*/editor.json")]
+    assert any(c["key_source"] == "corpus" and c["live_weight"] == 1.0 for c in editors)
 
 
 def test_realdata_suite_edits_a_given_model_dir(tiny_setup, results, tmp_path):
