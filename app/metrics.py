@@ -38,6 +38,16 @@ class Metrics:
         self.gate_rejections = Counter(
             "smedit_gate_rejections", "Edits failing the quality gate, by failed check", ["check"], registry=r
         )
+        for check in ("es", "gs", "canary", "capacity", "breaks"):
+            self.gate_rejections.labels(check)  # every series exists from the start (0, not "No data")
+        self.side_effects = Gauge(
+            "smedit_side_effects_ratio",
+            "Share of the gate's canaries whose greedy answer differs from the base model's, on the "
+            "committed state (set by the worker)", registry=r,
+        )
+        self.side_effect_budget = Gauge(
+            "smedit_side_effect_budget_ratio", "The side-effect budget (SMEDIT_SIDE_EFFECT_BUDGET)", registry=r
+        )
         self.worker_leader = Gauge(
             "smedit_worker_leader", "1 while this process is the one editing worker (holds the lock)", registry=r
         )

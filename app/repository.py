@@ -58,6 +58,7 @@ class NewEdit:
     target: str
     paraphrases: list[str]
     locality: list[dict[str, Any]]
+    supersedes: int | None = None
 
 
 def request_fingerprint(payload: Any) -> str:
@@ -97,6 +98,7 @@ def create_edits(
             idempotency_key=idempotency_key,
             submitted_by=submitted_by,
             approved=False,
+            supersedes=it.supersedes,
         )
         for it in items
     ]
@@ -226,6 +228,23 @@ def list_edits(
     return rows, total
 
 
+def live_edits(session: Session, delta_ids: Sequence[int]) -> list[Edit]:
+    """Applied edits whose delta is among ``delta_ids`` (the live ones), oldest first."""
+    if not delta_ids:
+        return []
+    query = select(Edit).where(Edit.status == EditStatus.APPLIED, Edit.delta_id.in_(list(delta_ids)))
+    return list(session.scalars(query.order_by(Edit.id)))
+
+
+def live_edit_for_prompt(session: Session, prompt: str, delta_ids: Sequence[int]) -> Edit | None:
+    """The latest live edit of exactly this prompt (surrounding whitespace ignored), if any."""
+    if not delta_ids:
+        return None
+    query = select(Edit).where(Edit.status == EditStatus.APPLIED, Edit.delta_id.in_(list(delta_ids)),
+                               func.trim(Edit.prompt) == prompt.strip())
+    return session.scalar(query.order_by(Edit.id.desc()).limit(1))
+
+
 def count_edits_by_status(session: Session) -> dict[str, int]:
     return {s: int(n) for s, n in session.execute(select(Edit.status, func.count()).group_by(Edit.status))}
 
@@ -346,6 +365,27 @@ def edits_in_deltas(session: Session, delta_ids: Sequence[int]) -> dict[int, int
         for eid in row.edit_ids:
             out[int(eid)] = row.id
     return out
+
+
+def record_side_effects(session: Session, number: int, side_effects: dict[str, Any]) -> None:
+    """Store the gate's measurement of version ``number`` against the base model."""
+    row = session.get(Version, number)
+    if row is not None:
+        row.side_effects = side_effects
+
+
+def budget_spent(session: Session, budget: float) -> dict[str, Any] | None:
+    """The latest version's side effects when no canary is left to spend under ``budget`` (one
+    more changed canary would exceed it), else None. A version not measured (yet) spends nothing."""
+    latest = latest_version(session)
+    measured = latest.side_effects if latest is not None else None
+    return measured if budget_is_spent(measured, budget) else None
+
+
+def budget_is_spent(side_effects: dict[str, Any] | None, budget: float) -> bool:
+    if not side_effects or not side_effects.get("total") or budget >= 1:
+        return False
+    return bool(side_effects["changed"] + 1 > budget * side_effects["total"])
 
 
 def record_weights_hash(session: Session, number: int, weights_hash: str) -> bool:

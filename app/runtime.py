@@ -178,11 +178,28 @@ class ModelRuntime:
             return self.editor.edit(list(requests), live=list(self.state.active))
 
     def canary_answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
-        """Greedy answer ids of the canaries on the current weights (the gate's reference)."""
+        """Greedy answer ids of the canaries on the current weights."""
         if not prompts:
             return []
         with self.lock:
             return scores.greedy_token_ids(self.model, self.tokenizer, list(prompts), max_tokens)
+
+    def base_answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
+        """Greedy answer ids of ``prompts`` on the base weights (the gate's reference), whatever
+        state is live; the live state is rebuilt bit-exactly afterwards."""
+        if not prompts:
+            return []
+        with self.lock:
+            before = list(self.state.active)
+            self.state.set_active([])
+            try:
+                return scores.greedy_token_ids(self.model, self.tokenizer, list(prompts), max_tokens)
+            finally:
+                self.state.set_active(before)
+
+    def target_ids(self, prompt: str, target: str) -> list[int]:
+        """The token ids ``target`` gets after ``prompt`` (what greedy decoding must produce)."""
+        return split_pair(self.tokenizer, prompt, target)[1]
 
     def canaries_kept(self, prompts: Sequence[str], reference: Sequence[Sequence[int]]) -> list[bool]:
         """Per canary, whether greedy decoding on the current weights still gives ``reference``."""
@@ -198,6 +215,7 @@ class ModelRuntime:
         restore: Sequence[Delta] | None,
         canaries: Sequence[str] = (),
         canary_reference: Sequence[Sequence[int]] = (),
+        recheck: Sequence[EditRequest] = (),
     ) -> Measurement:
         """Score each request on the weights ``base + candidate``, then go to ``base + restore``.
 
@@ -206,14 +224,15 @@ class ModelRuntime:
         committed state back itself if it does not commit. If measuring fails, the state before
         the call comes back. Both states are rebuilt by ``WeightState`` from the fp32 masters, so
         the live weights' bits never drift. The canary fraction is a property of the whole
-        candidate state, so every request of the batch gets the same value.
+        candidate state, so every request of the batch gets the same value. ``recheck``: live
+        edits scored on the same state, in the same pass (``Measurement.recheck``).
 
         Everything is teacher-forced, in one forward pass (:func:`editor_core.scores.gate_scores`):
         "greedy decoding gives the target" (``es_gen``/``gs_gen``) holds exactly when every target
         token is the argmax given the tokens before it, and a canary keeps its answer exactly when
         its reference answer ids (end-of-text included) stay the argmax at every position.
         """
-        requests = list(requests)
+        requests, recheck = list(requests), list(recheck)
         t0 = time.perf_counter()
         with self.lock:
             before = list(self.state.active)
@@ -223,7 +242,7 @@ class ModelRuntime:
             self.state.set_active(list(candidate))
             try:
                 per_edit, kept = scores.gate_scores(
-                    self.model, self.tokenizer, requests, list(canaries), list(canary_reference),
+                    self.model, self.tokenizer, requests + recheck, list(canaries), list(canary_reference),
                     canary_ids=[self._prompt_ids(c) for c in canaries],
                 )
                 per_probe = scores.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
@@ -238,18 +257,20 @@ class ModelRuntime:
             k = len(r.locality)
             locality.append(_mean(per_probe[cursor : cursor + k]) if k else None)
             cursor += k
+        locality += [None] * len(recheck)
         changed = [p for p, k in zip(canaries, kept) if not k]
         frac = len(changed) / len(canaries) if canaries else None
-        edits = [
+        measures = [
             EditMeasure(
                 es=s.es, es_exact=s.es_exact, es_first=s.es_first, es_gen=s.es_exact,
                 gs=s.gs, gs_exact=s.gs_exact, gs_gen=s.gs_exact, locality=loc,
                 canary_changed=frac, canary_total=len(canaries), changed_canaries=changed[:10],
-                gate_s=time.perf_counter() - t0,
+                gate_s=time.perf_counter() - t0, gs_first=s.gs_first,
+                rows_exact=list(s.rows_exact), rows_first=list(s.rows_first),
             )
             for s, loc in zip(per_edit, locality)
         ]
-        return Measurement(edits=edits, canary_kept=kept)
+        return Measurement(edits=measures[: len(requests)], canary_kept=kept, recheck=measures[len(requests) :])
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a prompt the gate reads on every edit (the canaries), tokenized once."""

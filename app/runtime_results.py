@@ -27,10 +27,18 @@ class EditMeasure:
     gs_exact: float | None
     gs_gen: float | None
     locality: float | None  # mean LS on the edit's own locality probes (None without probes)
-    canary_changed: float | None  # fraction of canaries whose greedy answer changed (batch)
+    # share of canaries whose greedy answer differs from the base model's (for a canary that is a
+    # live edit's prompt: from its target) on the candidate state; the same for the whole batch
+    canary_changed: float | None
     canary_total: int = 0
     changed_canaries: list[str] = field(default_factory=list)
     gate_s: float | None = None  # time the measurement took (the whole batch's)
+    gs_first: float | None = None
+    # per row (prompt, then paraphrases): greedy decoding gives the whole target / its first token
+    rows_exact: list[bool] = field(default_factory=list)
+    rows_first: list[bool] = field(default_factory=list)
+    canary_new: float | None = None  # share of canaries this batch changed that the committed state kept
+    broken_edits: list[int] = field(default_factory=list)  # live edits whose prompt/paraphrase it broke
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(vars(self))
@@ -42,11 +50,12 @@ class EditMeasure:
 
 @dataclass
 class Measurement:
-    """The gate's view of one candidate state: each edit's numbers, and per canary whether it
-    kept its answer (the worker's reference for the next edit, if this state is committed)."""
+    """The gate's view of one candidate state: each edit's numbers, per canary whether it kept
+    its reference answer, and the numbers of the live edits it re-checked."""
 
     edits: list[EditMeasure]
     canary_kept: list[bool]
+    recheck: list[EditMeasure] = field(default_factory=list)  # the live edits measured alongside
 
 
 @dataclass

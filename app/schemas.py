@@ -48,6 +48,10 @@ class EditIn(_In):
     target: Text = Field(examples=["49 dollars"])
     paraphrases: list[Text] = Field(default_factory=list, examples=[["How much is the Zentrix X2?"]])
     locality: list[LocalityIn] = Field(default_factory=list)
+    supersedes: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="id of an applied edit this one replaces (an edit of the same "
+        "prompt as a live edit replaces it without this)",
+    )
 
 
 class EditSubmission(_In):
@@ -63,7 +67,7 @@ class EditSubmission(_In):
     def _single_fact(cls, data: Any) -> Any:
         """Accept ``{"prompt", "target", ...}`` as a batch of one."""
         if isinstance(data, dict) and "edits" not in data and ("prompt" in data or "target" in data):
-            fact_keys = {"prompt", "target", "paraphrases", "locality"}
+            fact_keys = {"prompt", "target", "paraphrases", "locality", "supersedes"}
             fact = {k: v for k, v in data.items() if k in fact_keys}
             rest = {k: v for k, v in data.items() if k not in fact_keys}
             return {**rest, "edits": [fact]}
@@ -126,6 +130,8 @@ class EditOut(BaseModel):
     metrics: dict[str, Any] | None = Field(description="ES, GS, locality, canary change, gate verdict")
     error: str | None
     timings: Timings
+    supersedes: int | None = Field(None, description="the edit this one replaced")
+    superseded_by: int | None = Field(None, description="the edit that replaced this one (status superseded)")
 
 
 class SubmitOut(BaseModel):
@@ -172,6 +178,10 @@ class VersionOut(BaseModel):
     note: str | None
     edit_ids: list[int]
     live: bool = False
+    side_effects: dict[str, Any] | None = Field(
+        None, description="the gate's measurement of this version against the base model: canaries whose answer "
+        "changed (changed/total/share), the budget, and which; null where not measured",
+    )
 
 
 class Page(BaseModel, Generic[T]):
@@ -249,3 +259,8 @@ class Ready(BaseModel):
     worker_leader: bool | None = Field(None, description="this process holds the writer lock (worker roles)")
     database: str = Field("unknown", description="ok, or why the database is unreachable")
     queue: str = Field("unknown", description="ok, or why the job queue (Redis) is unreachable")
+    side_effects: dict[str, Any] | None = Field(
+        None, description="the latest version against the base model, as the gate measured it"
+    )
+    warnings: list[str] = Field(default_factory=list, description="conditions that need an operator, e.g. "
+                                "the side-effect budget is spent (ready stays true: the service still serves)")

@@ -81,13 +81,29 @@ class Settings(BaseSettings):
     gate_enabled: bool = Field(
         True, description="measure and gate every edit before commit; false = commit unmeasured (trusted bulk loads)"
     )
-    gate_min_es: float = Field(0.5, description="reject an edit whose ES (token acc. on its prompt) is below")
-    gate_min_gs: float = Field(0.0, description="reject an edit whose GS (paraphrases) is below")
-    gate_max_canary_change: float = Field(0.25, description="reject when more canaries change answer")
+    gate_match: Literal["exact", "first_token"] = Field(
+        "exact", description="what counts as giving the target: greedy decoding produces all of its tokens, "
+        "or its first token",
+    )
+    gate_min_es: float = Field(
+        1.0, description="the edit's prompt must give its target (under gate_match); 1 = required, 0 = not checked"
+    )
+    gate_min_gs: float = Field(0.5, description="least share of the edit's paraphrases that must give its target")
+    gate_max_canary_change: float = Field(
+        0.05, description="most share of canaries one edit (batch) may change that the committed state kept"
+    )
+    side_effect_budget: float = Field(
+        0.02, description="most share of canaries whose answer may differ from the base model's, all live edits "
+        "together; once no canary is left to spend, new edits get 409 capacity (1 = no budget)",
+    )
+    gate_recheck_edits: int = Field(
+        32, ge=0, description="live edits re-checked by every gate pass (half the latest, half sampled); an edit "
+        "that breaks one's prompt or paraphrase is rejected naming it",
+    )
     review_mode: bool = Field(False, description="failed edits become needs_review instead of rejected")
     canary_prompts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     canary_file: Path | None = Field(None, description="one canary prompt per line")
-    canary_count: int = 16
+    canary_count: int = Field(256, ge=1, description="at most this many canaries (a fixed sample of the file's)")
     canary_tokens: int = 4
 
     @field_validator("canary_prompts", mode="before")

@@ -20,6 +20,7 @@ class EditStatus(StrEnum):
     NEEDS_REVIEW = "needs_review"  # failed the gate in review mode: held for a person
     FAILED = "failed"  # computing or committing it raised
     REVERTED = "reverted"
+    SUPERSEDED = "superseded"  # replaced by a later edit of the same fact (``superseded_by``)
 
     @property
     def is_pending(self) -> bool:

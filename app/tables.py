@@ -106,6 +106,9 @@ class Version(Base):
     created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     edit_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # edits this version changed
+    # the gate's measurement of this state against the base model: {"changed": k, "total": n,
+    # "budget": b, "changed_canaries": [...]}; NULL where no gate pass measured it (revert, restore)
+    side_effects: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Edit(Base):
@@ -132,6 +135,8 @@ class Edit(Base):
     reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     submitted_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    supersedes: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the live edit it replaces
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Idempotency(Base):

@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     database_url = f"{args.pg_url}?options=-csearch_path%3D{schema}"
     env = {"SMEDIT_MODEL_DIR": str(model_dir), "SMEDIT_DEVICE": "cpu", "SMEDIT_ADMIN_KEY": ADMIN_KEY,
            "SMEDIT_GATE_MIN_ES": "0", "SMEDIT_GATE_MIN_GS": "0", "SMEDIT_GATE_MAX_CANARY_CHANGE": "1",
+           "SMEDIT_SIDE_EFFECT_BUDGET": "1", "SMEDIT_GATE_RECHECK_EDITS": "0",
            "SMEDIT_LOG_LEVEL": "WARNING", "SMEDIT_REDIS_PREFIX": prefix, "SMEDIT_DATA_DIR": str(tmp / "data"),
            "SMEDIT_FOLLOW_INTERVAL_S": "3600"}
     if editor_dir:

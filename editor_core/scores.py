@@ -224,6 +224,10 @@ class RequestScores:
     gs_exact: float | None
     gs_first: float | None
     gs_gen: float | None
+    # per row (the prompt, then each paraphrase): greedy decoding gives the whole target / its
+    # first token (filled by :func:`gate_scores`, which the service's gate reads row by row)
+    rows_exact: tuple[bool, ...] = ()
+    rows_first: tuple[bool, ...] = ()
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -312,6 +316,8 @@ def gate_scores(
             es=float(es.float().mean()), es_exact=float(es.all()), es_first=float(es[0]), es_gen=float("nan"),
             gs=_mean([float(h.float().mean()) for h in paras]), gs_exact=_mean([float(h.all()) for h in paras]),
             gs_first=_mean([float(h[0]) for h in paras]), gs_gen=None,
+            rows_exact=tuple(bool(h.all()) for h in (es, *paras)),
+            rows_first=tuple(bool(h[0]) for h in (es, *paras)),
         ))
     kept = [bool(h.all()) for h in hits[cursor:]]
     return scores, kept

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL_EDIT_STATUSES = frozenset({"applied", "rejected", "needs_review", "failed", "reverted"})
+TERMINAL_EDIT_STATUSES = frozenset({"applied", "rejected", "needs_review", "failed", "reverted", "superseded"})
 TERMINAL_JOB_STATUSES = frozenset({"done", "failed"})
 T = TypeVar("T")
 
@@ -144,10 +144,12 @@ class Edit(_Model):
     metrics: dict[str, Any] | None = None
     error: str | None = None
     timings: Timings | None = None
+    supersedes: int | None = None  # the live edit this one replaced
+    superseded_by: int | None = None  # the edit that replaced this one (status "superseded")
 
     @property
     def done(self) -> bool:
-        """No longer queued or running (applied, rejected, needs_review, failed or reverted)."""
+        """No longer queued or running (applied, rejected, needs_review, failed, reverted or superseded)."""
         return self.status in TERMINAL_EDIT_STATUSES
 
     @property
@@ -189,12 +191,13 @@ class Version(_Model):
     kind: str
     created_at: datetime
     active_deltas: list[int]
-    weights_hash: str
+    weights_hash: str | None = None  # null for a moment after an edit version goes live
     job_id: int | None = None
     created_by: str | None = None
     note: str | None = None
     edit_ids: list[int] = []
     live: bool = False
+    side_effects: dict[str, Any] | None = None  # this version against the base model (the gate's canaries)
 
 
 class Page(_Model, Generic[T]):
@@ -239,6 +242,7 @@ class Fact:
     target: str
     paraphrases: Sequence[str] = field(default_factory=tuple)
     locality: Sequence[Mapping[str, str] | str] = field(default_factory=tuple)  # {"prompt", "answer"?} or a prompt
+    supersedes: int | None = None  # an applied edit this one replaces (same prompt: replaced anyway)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt": self.prompt, "target": self.target}
@@ -246,6 +250,8 @@ class Fact:
             out["paraphrases"] = list(self.paraphrases)
         if self.locality:
             out["locality"] = [{"prompt": p} if isinstance(p, str) else dict(p) for p in self.locality]
+        if self.supersedes is not None:
+            out["supersedes"] = self.supersedes
         return out
 
 

@@ -90,6 +90,7 @@ def edit_out(e: Edit) -> EditOut:
         created_at=e.created_at, started_at=e.started_at, finished_at=e.finished_at,
         applied_version=e.applied_version, reverted_version=e.reverted_version, delta_id=e.delta_id,
         metrics=e.metrics, error=e.error, timings=Timings(queued_s=queued, run_s=run, total_s=total),
+        supersedes=e.supersedes, superseded_by=e.superseded_by,
     )
 
 
@@ -105,5 +106,5 @@ def version_out(v: Version, live: int | None) -> VersionOut:
     return VersionOut(
         number=v.number, kind=v.kind, created_at=v.created_at, active_deltas=list(v.active_deltas),
         weights_hash=v.weights_hash, job_id=v.job_id, created_by=v.created_by, note=v.note,
-        edit_ids=list(v.edit_ids or []), live=live == v.number,
+        edit_ids=list(v.edit_ids or []), live=live == v.number, side_effects=v.side_effects,
     )

@@ -15,6 +15,7 @@ from app.api.deps import ServicesDep, edit_out, enqueue, job_out, require_queue
 from app.auth import Principal, require
 from app.db import session_scope
 from app.status import EditStatus, JobKind
+from app.tables import Edit
 from app.schemas import EditOut, EditSubmission, JobAccepted, JobOut, Page, ReviewIn, SubmitOut, check_submission
 
 router = APIRouter(prefix="/v1", tags=["edits"])
@@ -22,6 +23,35 @@ router = APIRouter(prefix="/v1", tags=["edits"])
 def _submit_out(request: Request, ids: list[int], duplicate: bool) -> SubmitOut:
     urls = [str(request.url_for("get_edit", edit_id=i)) for i in ids]
     return SubmitOut(edit_ids=ids, status_urls=urls, status_url=urls[0], duplicate=duplicate)
+
+
+def _check_state(svc: ServicesDep, body: EditSubmission) -> None:
+    """Refuse what the current state cannot take, before anything is stored: a ``supersedes``
+    that names no applied edit (422 / 409), and any edit once the side-effect budget is spent
+    (409, reason ``capacity``)."""
+    with session_scope(svc.sessions) as s:
+        errors = []
+        for i, e in enumerate(body.edits):
+            if e.supersedes is None:
+                continue
+            old = s.get(Edit, e.supersedes)
+            if old is None:
+                errors.append({"type": "value_error", "loc": ("body", "edits", i, "supersedes"),
+                               "msg": f"edit {e.supersedes} does not exist", "input": e.supersedes})
+            elif old.status != EditStatus.APPLIED:
+                raise HTTPException(status.HTTP_409_CONFLICT, {
+                    "reason": "not_applied", "field": f"edits[{i}].supersedes",
+                    "message": f"edit {old.id} is {old.status}; only an applied edit can be superseded"})
+        if errors:
+            raise RequestValidationError(errors)
+        spent = repo.budget_spent(s, svc.settings.side_effect_budget) if svc.settings.gate_enabled else None
+    if spent is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, {
+            "reason": "capacity",
+            "message": f"the side-effect budget is spent: {spent['changed']} of {spent['total']} canaries answer "
+                       f"differently from the base model (budget {svc.settings.side_effect_budget}); revert "
+                       "edits or raise SMEDIT_SIDE_EFFECT_BUDGET (docs/operations.md)",
+            "side_effects": spent})
 
 
 @router.post("/edits", status_code=status.HTTP_202_ACCEPTED, response_model=SubmitOut)
@@ -39,10 +69,12 @@ def submit_edits(
     payload = body.model_dump(exclude={"idempotency_key"})
     fingerprint = repo.request_fingerprint(payload)
     items = [
-        repo.NewEdit(e.prompt, e.target, list(e.paraphrases), [p.model_dump() for p in e.locality]) for e in body.edits
+        repo.NewEdit(e.prompt, e.target, list(e.paraphrases), [p.model_dump() for p in e.locality], e.supersedes)
+        for e in body.edits
     ]
     author = body.author or principal.name
     require_queue(svc)
+    _check_state(svc, body)
     for attempt in range(2):
         if key is not None:
             with session_scope(svc.sessions) as s:

@@ -30,10 +30,13 @@ def readyz(svc: ServicesDep) -> JSONResponse:
 
     live = svc.runtime.live_version if svc.runtime is not None else None
     latest: int | None = None
+    side_effects = None
     database = "ok"
     try:
         with svc.sessions() as s:
             latest = s.scalar(select(func.max(Version.number)))
+            if latest is not None:
+                side_effects = s.scalar(select(Version.side_effects).where(Version.number == latest))
     except Exception as exc:  # noqa: BLE001
         if dependency_of(exc) is None:
             raise
@@ -65,8 +68,22 @@ def readyz(svc: ServicesDep) -> JSONResponse:
         worker_leader=(bool(worker.is_leader) if worker is not None else None),
         database=database,
         queue=queue,
+        side_effects=side_effects,
+        warnings=_warnings(svc, side_effects),
     )
     return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
+
+
+def _warnings(svc: ServicesDep, side_effects: dict | None) -> list[str]:
+    from app.repository import budget_is_spent
+
+    budget = svc.settings.side_effect_budget
+    out = []
+    if svc.settings.gate_enabled and budget_is_spent(side_effects, budget):
+        assert side_effects is not None
+        out.append(f"side-effect budget spent: {side_effects['changed']} of {side_effects['total']} canaries "
+                   f"differ from the base model (budget {budget}); new edits get 409 capacity")
+    return out
 
 
 @router.get("/metrics")

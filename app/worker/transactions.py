@@ -14,14 +14,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
 from app.db import session_scope
 from app.metrics import Metrics
-from app.runtime import Delta, EditMeasure, ModelRuntime, make_request
+from app.runtime import Delta, EditMeasure, EditRequest, ModelRuntime, make_request
 from app.settings import Settings
 from app.status import EditStatus, JobStatus, VersionKind
 from app.tables import Edit, utcnow
@@ -50,6 +51,21 @@ class EditOutcome:
     measures: dict[int, EditMeasure]
     failures: dict[int, list[str]]
     compute_s: float
+    side_effects: dict[str, Any] | None = None  # the committed state against the base (the gate's)
+
+
+@dataclass
+class Replacement:
+    """An edit replacing a live one: the old edit's delta is dropped from the state (``kept`` is
+    what stays), the delta's other edits are ``recomputed`` into one delta that stays live."""
+
+    old_id: int
+    dropped: int  # the old edit's delta id
+    mate_ids: list[int]
+    mate_requests: list[EditRequest]
+    kept: ActiveDeltas = field(default_factory=list)
+    recomputed: Delta | None = None
+    recompute_s: float = 0.0
 
 
 class Transactions:
@@ -66,13 +82,15 @@ class Transactions:
 
     # ---- edits ------------------------------------------------------------------------------
     def commit_edits(
-        self, base_version: int, active: ActiveDeltas, outcome: EditOutcome, todo: list[tuple[int, int]]
+        self, base_version: int, active: ActiveDeltas, outcome: EditOutcome, todo: list[tuple[int, int]],
+        replace: Replacement | None = None,
     ) -> None:
         """One transaction: delta blob, version, every edit's outcome, every job's completion.
 
-        ``todo`` holds the (job id, edit id) pairs of the batch. The new version goes live (and is
-        announced) before its weights are hashed; the hash is recorded right after
-        (:meth:`record_hash`), so no client waits for it."""
+        ``todo`` holds the (job id, edit id) pairs of the batch. With ``replace`` (one edit that
+        supersedes a live one) the version also drops the old edit's delta and carries its
+        recomputed batch mates. The new version goes live (and is announced) before its weights
+        are hashed; the hash is recorded right after (:meth:`record_hash`), so no client waits."""
         review = self.settings.review_mode
         good, bad, delta = outcome.good, outcome.bad, outcome.delta if outcome.good else None
         new_version: int | None = None
@@ -82,16 +100,24 @@ class Transactions:
         with rolled_back_on_failure(self.runtime, active), session_scope(self.sessions) as s:
             now = utcnow()
             if delta is not None:
+                note, changed = f"applied edits {good}", list(good)
+                if replace is not None:
+                    new_active = self._replaced(s, replace)
+                    note += f"; edit {good[0]} supersedes edit {replace.old_id}"
+                    changed.append(replace.old_id)
                 row = repo.add_delta(s, blob, good, self.runtime.delta_modules(delta), dict(delta.metadata),
                                      outcome.compute_s)
                 self.cache.put(row.id, delta)
-                new_active = active + [(row.id, delta)]
+                new_active = new_active + [(row.id, delta)]
                 self.runtime.set_state([d for _, d in new_active], digest=False)
                 version = repo.create_version(
                     s, VersionKind.EDIT, [i for i, _ in new_active], None, created_by="worker",
-                    note=f"applied edits {good}", edit_ids=good, expect_latest=base_version,
+                    note=note, edit_ids=sorted(changed), expect_latest=base_version,
                 )
+                version.side_effects = outcome.side_effects
                 new_version = version.number
+                if replace is not None:
+                    self._mark_superseded(s, replace, good[0], new_version)
             for eid in good + bad:
                 edit = repo.lock_edit(s, eid)
                 if eid in good and edit.created_at is not None:
@@ -116,6 +142,30 @@ class Transactions:
                 self.metrics.gate_rejections.labels(f.split(":", 1)[0].split(" ", 1)[0]).inc()
         log.info("edit batch done", extra={"applied": good, "rejected": bad, "version": new_version,
                                            "compute_s": round(outcome.compute_s, 3)})
+
+    def _replaced(self, s: Session, replace: Replacement) -> ActiveDeltas:
+        """The active deltas once the old edit's delta is gone: ``kept``, plus its batch mates'
+        recomputed delta, stored here (in the committing transaction)."""
+        active = list(replace.kept)
+        if replace.recomputed is not None:
+            rec = replace.recomputed
+            row = repo.add_delta(s, self.runtime.delta_to_bytes(rec), replace.mate_ids, self.runtime.delta_modules(rec),
+                                 {**rec.metadata, "recomputed_from": str(replace.dropped)}, replace.recompute_s)
+            self.cache.put(row.id, rec)
+            active.append((row.id, rec))
+            for mate in replace.mate_ids:
+                repo.lock_edit(s, mate).delta_id = row.id
+        return active
+
+    def _mark_superseded(self, s: Session, replace: Replacement, new_id: int, version: int) -> None:
+        old = repo.lock_edit(s, replace.old_id)
+        if old.status != EditStatus.APPLIED:
+            raise repo.FencedOff(f"edit {old.id} is {old.status}: another writer decided it")
+        old.status, old.superseded_by, old.reverted_version = EditStatus.SUPERSEDED, new_id, version
+        repo.lock_edit(s, new_id).supersedes = replace.old_id
+        for mate in replace.mate_ids:
+            repo.lock_edit(s, mate).applied_version = version
+        self.metrics.edits.labels(EditStatus.SUPERSEDED).inc()
 
     def _record_outcome(
         self, edit: Edit, outcome: EditOutcome, version: int | None, delta_id: int | None, now: object
@@ -171,6 +221,12 @@ class Transactions:
                     e for e in repo.get_edits(s, sorted(repo.edits_in_deltas(s, [dropped])))
                     if e.id != edit.id and e.status == EditStatus.APPLIED and e.delta_id == dropped
                 ]
+                back: int | None = None  # the edit this one superseded comes back
+                if edit.supersedes is not None:
+                    old = repo.get_edit(s, edit.supersedes)
+                    if old.status == EditStatus.SUPERSEDED and old.superseded_by == edit.id:
+                        others.append(old)
+                        back = old.id
                 other_reqs = [make_request(e.prompt, e.target, e.paraphrases, e.locality) for e in others]
                 other_ids = [e.id for e in others]
                 edit_id, requested_by = edit.id, job.requested_by
@@ -199,6 +255,8 @@ class Transactions:
                     digest = self.runtime.set_state([d for _, d in new_active])
                     note = f"revert edit {edit_id} (dropped delta {dropped}"
                     note += f"; re-applied edits {other_ids})" if other_ids else ")"
+                    if back is not None:
+                        note += f"; edit {back}, which it superseded, is live again"
                     version = repo.create_version(
                         s, VersionKind.REVERT, [i for i, _ in new_active], digest, job_id=job_id,
                         created_by=requested_by, note=note, edit_ids=[edit_id] + other_ids,
@@ -209,6 +267,8 @@ class Transactions:
                     for oid, m in zip(other_ids, measures):
                         o = repo.get_edit(s, oid)
                         o.delta_id, o.applied_version = new_active[-1][0], version.number
+                        if oid == back:
+                            o.status, o.superseded_by, o.reverted_version = EditStatus.APPLIED, None, None
                         o.metrics = {**(o.metrics or {}), "after_recompute": m.as_dict()}
                     repo.finish_job(s, job_id, version.number)
                     number = version.number
@@ -248,6 +308,7 @@ class Transactions:
                     for e in repo.get_edits(s, sorted(carried)):
                         if e.status != EditStatus.APPLIED or e.delta_id != carried[e.id]:
                             e.status, e.delta_id, e.reverted_version = EditStatus.APPLIED, carried[e.id], None
+                            e.superseded_by = None
                             e.applied_version = version.number
                             changed.append(e.id)
                     version.edit_ids = sorted(changed)

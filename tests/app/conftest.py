@@ -34,6 +34,13 @@ SENTENCES = [
     "One plus one equals two. The sky is blue on a clear day.",
     "Refunds are processed within five business days.",
 ]
+# The gate's checks switched off for tests about something else (the untrained editor's edits
+# are weak and change canaries): as environment variables for servers run as processes.
+OPEN_GATE_ENV = {
+    "SMEDIT_GATE_MIN_ES": "0", "SMEDIT_GATE_MIN_GS": "0", "SMEDIT_GATE_MAX_CANARY_CHANGE": "1",
+    "SMEDIT_SIDE_EFFECT_BUDGET": "1", "SMEDIT_GATE_RECHECK_EDITS": "0",
+}
+
 CANARIES = [
     "The capital of France is",
     "Water boils at",
@@ -125,6 +132,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny demo (world, GPT-2 trained on it, SMEdit editor meta-trained on its edits), built
+    once per test session (about a minute)."""
+    from demo_world.build import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo"), size="tiny", progress=False, train_editor=True)
+
+
 # ---- a real server ------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -194,6 +210,8 @@ def make_settings(tiny_model_dir: Path, data_dir: Path, **overrides: Any) -> Any
         gate_min_es=0.0,
         gate_min_gs=0.0,
         gate_max_canary_change=1.0,
+        side_effect_budget=1.0,  # the untrained editor's edits change canaries; budget tests set it
+        gate_recheck_edits=0,  # likewise for re-checking live edits (tests/app/test_service_gate_drift.py)
         canary_prompts=CANARIES,
         worker_batch_wait_s=0.05,
         min_version_timeout_s=20.0,

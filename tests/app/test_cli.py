@@ -13,7 +13,7 @@ import httpx
 from typer.testing import CliRunner
 
 from smedit.commands import client_cmds
-from tests.app.conftest import ADMIN_KEY, CANARIES, free_port
+from tests.app.conftest import ADMIN_KEY, CANARIES, OPEN_GATE_ENV, free_port
 
 
 def test_serve_process_and_client_verbs(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -23,8 +23,7 @@ def test_serve_process_and_client_verbs(tiny_model_dir: Path, tmp_path: Path) ->
         "SMEDIT_MODEL_DIR": str(tiny_model_dir),
         "SMEDIT_DEVICE": "cpu",
         "SMEDIT_ADMIN_KEY": ADMIN_KEY,
-        "SMEDIT_GATE_MIN_ES": "0",
-        "SMEDIT_GATE_MAX_CANARY_CHANGE": "1",
+        **OPEN_GATE_ENV,
         "SMEDIT_CANARY_PROMPTS": "|".join(CANARIES),
         "SMEDIT_LOG_LEVEL": "WARNING",
     }

@@ -29,9 +29,9 @@ def test_sync_client_full_cycle(server: RunningServer) -> None:
         assert isinstance(edit, Edit) and edit.applied and edit.applied_version == 1
         assert edit.metrics is not None and "es" in edit.metrics and edit.timings is not None
 
-        sub = sm.submit_edits([Fact("Water boils at", "fifty degrees"), {"prompt": "The sky is", "target": "red"}],
+        sub = sm.submit_edits([Fact("Water boils at", "fifty degrees"), {"prompt": "The sky today is", "target": "red"}],
                               author="bulk", idempotency_key="bulk-1")
-        again = sm.submit_edits([Fact("Water boils at", "fifty degrees"), {"prompt": "The sky is", "target": "red"}],
+        again = sm.submit_edits([Fact("Water boils at", "fifty degrees"), {"prompt": "The sky today is", "target": "red"}],
                                 author="bulk", idempotency_key="bulk-1")
         assert again.duplicate and again.edit_ids == sub.edit_ids
         done = sm.wait_for_edits(sub.edit_ids)

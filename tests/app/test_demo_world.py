@@ -14,13 +14,6 @@ import pytest
 from tests.app.conftest import start_server, wait_edit, wait_job, ADMIN_KEY
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
-    from demo_world.build import build_demo
-
-    return build_demo(tmp_path_factory.mktemp("demo"), size="tiny", progress=False, train_editor=True)
-
-
 def _settings(demo, data_dir: Path):
     from app.settings import Settings
 
@@ -28,6 +21,7 @@ def _settings(demo, data_dir: Path):
     return Settings(
         _env_file=None, data_dir=data_dir, model_dir=demo.model_dir, editor_dir=demo.editor_dir,
         device="cpu", admin_key=ADMIN_KEY, gate_min_es=0.0, gate_min_gs=0.0, gate_max_canary_change=1.0,
+        side_effect_budget=1.0, gate_recheck_edits=0,
         canary_prompts=[p.prompt for p in world.canary_prompts(8)], worker_batch_wait_s=0.05, log_level="WARNING",
     )
 
@@ -82,13 +76,13 @@ def test_demo_edits_change_answers_and_restore_brings_them_back(tiny_demo, tmp_p
 
 
 def test_canary_failure_of_a_batch_is_split_until_the_culprit_is_alone(tiny_demo, tmp_path: Path) -> None:
-    """The only canary is the first edit's own prompt and no change is tolerated. The batch fails
-    the canary bar, so its halves are gated one after the other down to single edits: an edit is
-    rejected for the canary only when it changes it alone, and the others are applied."""
+    """The only canary is a paraphrase of the first edit's prompt and no change is tolerated. The
+    batch fails the canary bar, so its halves are gated one after the other down to single edits:
+    an edit is rejected for the canary only when it changes it alone, and the others are applied."""
     world = tiny_demo.load_world()
     requests = world.edit_requests("eval", seed=1)[:6]
     settings = replace_settings(_settings(tiny_demo, tmp_path / "data"), gate_max_canary_change=0.0,
-                                canary_prompts=[requests[0].prompt])
+                                canary_prompts=[requests[0].paraphrases[0]])
     srv = start_server(settings)
     try:
         c = srv.client()

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from smedit.commands.cluster import LocalCluster, Member
-from tests.app.conftest import ADMIN_KEY, CANARIES
+from tests.app.conftest import ADMIN_KEY, CANARIES, OPEN_GATE_ENV
 from tests.app.test_service_replicas import redis_available
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -53,7 +53,7 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("prod")
     env = {
         "SMEDIT_MODEL_DIR": str(tiny_model_dir), "SMEDIT_DEVICE": "cpu", "SMEDIT_ADMIN_KEY": ADMIN_KEY,
-        "SMEDIT_GATE_MIN_ES": "0", "SMEDIT_GATE_MIN_GS": "0", "SMEDIT_GATE_MAX_CANARY_CHANGE": "1",
+        **OPEN_GATE_ENV,
         "SMEDIT_CANARY_PROMPTS": "|".join(CANARIES), "SMEDIT_LOG_LEVEL": "WARNING",
         "SMEDIT_REDIS_PREFIX": schema, "SMEDIT_DATA_DIR": str(tmp / "data"),
         "SMEDIT_WORKER_BATCH_SIZE": "3", "SMEDIT_WORKER_BATCH_WAIT_S": "0.05",
@@ -167,7 +167,14 @@ def test_kill9_worker_during_edits_loses_nothing(cluster: LocalCluster) -> None:
         cluster.wait_leader(None, 60)  # a standby takes over
     outcomes = _wait_edits(a, submitted, timeout=120)
     statuses = Counter(e["status"] for e in outcomes.values())
-    assert set(statuses) <= {"applied", "rejected"}, statuses  # nothing failed or lost
+    # nothing failed or lost; the facts repeat, so later edits of a prompt supersede earlier ones
+    assert set(statuses) <= {"applied", "rejected", "superseded"}, statuses
+    live_prompts = Counter(e["prompt"] for e in outcomes.values() if e["status"] == "applied")
+    assert all(n == 1 for n in live_prompts.values()), live_prompts  # targets never stack
+    for e in outcomes.values():
+        if e["status"] == "superseded":
+            later = outcomes[e["superseded_by"]]
+            assert later["supersedes"] == e["id"] and later["prompt"] == e["prompt"], (e, later)
     with _client(a) as c:
         versions = c.get("/v1/versions", params={"limit": 500}).json()
         numbers = sorted(v["number"] for v in versions["items"])
@@ -181,6 +188,8 @@ def test_kill9_worker_during_edits_loses_nothing(cluster: LocalCluster) -> None:
         assert len(active) == len(set(active))
         carried = _edits_carried_by(cluster.database_url, active)
         for eid, e in outcomes.items():
+            if e["status"] == "superseded":
+                assert carried[eid] == 0, (eid, carried[eid])
             if e["status"] == "applied":
                 assert applied_in[eid] == 1, (eid, applied_in[eid])  # committed exactly once
                 assert carried[eid] == 1, (eid, carried[eid])  # live exactly once

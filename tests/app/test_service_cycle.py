@@ -176,8 +176,8 @@ def test_bf16_weights_restore_bit_identical(server_factory) -> None:
     c = srv.client()
     assert c.get("/v1/model").json()["dtype"] == "bfloat16"
     h0 = _hash(c)
-    for i, target in enumerate(["green", "red"], start=1):
-        e = wait_edit(c, c.post("/v1/edits", json={"prompt": "The sky is", "target": target}).json()["edit_ids"][0])
+    for i, (prompt, target) in enumerate([("The sky is", "green"), ("Water boils at", "red")], start=1):
+        e = wait_edit(c, c.post("/v1/edits", json={"prompt": prompt, "target": target}).json()["edit_ids"][0])
         assert e["status"] == "applied" and e["applied_version"] == i
     h2 = _hash(c)
     wait_job(c, c.post("/v1/edits/1/revert").json()["job_id"])

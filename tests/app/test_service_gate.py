@@ -88,36 +88,41 @@ def test_one_broken_edit_does_not_sink_its_batch(server) -> None:
     assert server.client().get("/readyz").json()["worker_running"] is True
 
 
-def test_canary_references_follow_the_committed_state(server_factory) -> None:
-    """After a gated commit the worker reuses the gate's own canary pass as the next reference
-    (no extra pass per edit): canaries the gate saw keep their answer keep their reference,
-    the others are decoded again, and the reference is what greedy decoding gives on the live
-    weights."""
-    srv = server_factory(gate_max_canary_change=1.0)
+def test_canary_references_are_the_base_models_answers(server_factory) -> None:
+    """The gate compares canaries with the base model's answers (a canary that is a live edit's
+    prompt: with its target), never with the previous version's, so drift adds up where it can be
+    seen; each version records it. After a gated commit the gate's own pass is the committed
+    state's measurement: the next edit needs no extra canary pass."""
+    srv = server_factory()
     c = srv.client()
     worker, runtime = srv.services.worker, srv.services.runtime
-    tokens = srv.services.settings.canary_tokens
-    for prompt, target in [("The sky is", "made of green cheese"), ("Water boils at", "minus forty kelvin")]:
+    canaries = worker.canaries
+    base = runtime.base_answers(canaries, srv.services.settings.canary_tokens)
+    extra_passes: list[int] = []
+    real_kept = runtime.canaries_kept
+    for n, (prompt, target) in enumerate([("The sky is", "made of green cheese"),
+                                          ("Water boils at", "minus forty kelvin")]):
+        if n == 1:
+            runtime.canaries_kept = lambda *a: extra_passes.append(1) or real_kept(*a)
         r = c.post("/v1/edits", json={"prompt": prompt, "target": target})
         assert wait_edit(c, r.json()["edit_ids"][0])["status"] == "applied"
-        with runtime.exclusive():
-            active = list(zip(runtime.active_ids, runtime.state.active))
-            assert worker.gate.cached[0] == tuple(runtime.active_ids)  # advanced by the commit itself
-            assert worker.gate.reference(active) == runtime.canary_answers(worker.canaries, tokens)
+    del runtime.canaries_kept
+    assert extra_passes == []
 
-    # A canary the gate reported changed is decoded again, alone, without another full pass.
     with runtime.exclusive():
-        truth = runtime.canary_answers(worker.canaries, tokens)
-        key, reference, _ = worker.gate.cached
-        worker.gate.cached = (key, [[12345]] + reference[1:], [])  # canary 0's answer is out of date
-        worker.gate.advance([False] + [True] * (len(worker.canaries) - 1))
-        decoded: list[list[str]] = []
-        full_passes: list[int] = []
-        real_answers, real_kept = runtime.canary_answers, runtime.canaries_kept
-        runtime.canary_answers = lambda prompts, n: decoded.append(list(prompts)) or real_answers(prompts, n)
-        runtime.canaries_kept = lambda *a: full_passes.append(1) or real_kept(*a)
-        try:
-            assert worker.gate.reference(active) == truth
-        finally:
-            del runtime.canary_answers, runtime.canaries_kept
-    assert decoded == [[worker.canaries[0]]] and full_passes == []
+        _, _, live = worker._committed_state()
+        reference = worker.gate.reference([x.request for x in live])
+        kept = runtime.canaries_kept(canaries, reference)
+    assert runtime.base_answers(canaries, srv.services.settings.canary_tokens) == base  # live state untouched
+    for canary, ref, answer in zip(canaries, reference, base):
+        if canary == "The sky is":
+            assert ref == runtime.target_ids(canary, "made of green cheese")
+        elif canary == "Water boils at":
+            assert ref == runtime.target_ids(canary, "minus forty kelvin")
+        else:
+            assert ref == answer
+    side_effects = c.get("/v1/versions/2").json()["side_effects"]
+    assert side_effects["total"] == len(canaries)
+    assert side_effects["changed"] == kept.count(False)
+    assert side_effects["changed_canaries"] == [p for p, k in zip(canaries, kept) if not k]
+    assert c.get("/readyz").json()["side_effects"] == side_effects

@@ -1,0 +1,37 @@
+"""versions.side_effects (the gate's drift from the base model) and edits.supersedes / superseded_by.
+
+The gate now measures every committed state against the base model's answers; the version row
+keeps that measurement so that any API process can refuse edits once the side-effect budget is
+spent. An edit that replaces a live edit of the same prompt links to it (``supersedes``); the
+replaced edit links back (``superseded_by``).
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-02
+"""
+from __future__ import annotations
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('versions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('side_effects', sa.JSON(), nullable=True))
+    with op.batch_alter_table('edits', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('supersedes', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('superseded_by', sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('edits', schema=None) as batch_op:
+        batch_op.drop_column('superseded_by')
+        batch_op.drop_column('supersedes')
+    with op.batch_alter_table('versions', schema=None) as batch_op:
+        batch_op.drop_column('side_effects')
