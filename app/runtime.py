@@ -177,13 +177,6 @@ class ModelRuntime:
         with self.lock:
             return self.editor.edit(list(requests), live=list(self.state.active))
 
-    def canary_answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
-        """Greedy answer ids of the canaries on the current weights."""
-        if not prompts:
-            return []
-        with self.lock:
-            return scores.greedy_token_ids(self.model, self.tokenizer, list(prompts), max_tokens)
-
     def base_answers(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
         """Greedy answer ids of ``prompts`` on the base weights (the gate's reference), whatever
         state is live; the live state is rebuilt bit-exactly afterwards."""
@@ -219,13 +212,11 @@ class ModelRuntime:
     ) -> Measurement:
         """Score each request on the weights ``base + candidate``, then go to ``base + restore``.
 
-        ``restore=None`` leaves the candidate state in place: the worker about to commit it saves
-        two rebuilds of the edited weights (tens of ms on a 100M model); it must put the
-        committed state back itself if it does not commit. If measuring fails, the state before
-        the call comes back. Both states are rebuilt by ``WeightState`` from the fp32 masters, so
-        the live weights' bits never drift. The canary fraction is a property of the whole
-        candidate state, so every request of the batch gets the same value. ``recheck``: live
-        edits scored on the same state, in the same pass (``Measurement.recheck``).
+        ``restore=None`` leaves the candidate state in place (the worker about to commit it saves
+        two rebuilds); it must put the committed state back itself if it does not commit. If
+        measuring fails, the state before the call comes back. States are rebuilt from the fp32
+        masters, so the live bits never drift. ``recheck``: live edits scored on the same state,
+        in the same pass (``Measurement.recheck``).
 
         Everything is teacher-forced, in one forward pass (:func:`editor_core.scores.gate_scores`):
         "greedy decoding gives the target" (``es_gen``/``gs_gen``) holds exactly when every target
@@ -387,14 +378,9 @@ class ModelRuntime:
 
     def info(self) -> dict[str, Any]:
         return {
-            "model_dir": str(self.model_dir),
-            "editor_dir": str(self.editor_dir) if self.editor_dir else None,
-            "editor_id": self.editor_id,
-            "base_fingerprint": self.fingerprint,
-            "device": self.device,
-            "dtype": self.dtype,
-            "edited_modules": self.module_names,
-            "live_version": self.live_version,
+            "model_dir": str(self.model_dir), "editor_dir": str(self.editor_dir) if self.editor_dir else None,
+            "editor_id": self.editor_id, "base_fingerprint": self.fingerprint, "device": self.device,
+            "dtype": self.dtype, "edited_modules": self.module_names, "live_version": self.live_version,
             "weights_hash": self.weights_hash(),  # recomputed from the bits, not remembered
             "active_deltas": self.active_ids,
         }
@@ -402,12 +388,8 @@ class ModelRuntime:
 
 def make_request(prompt: str, target: str, paraphrases: Sequence[str] = (), locality: Sequence[dict[str, Any]] = ()) -> EditRequest:
     """Build the library's request type from stored (JSON) edit fields."""
-    return EditRequest(
-        prompt=prompt,
-        target=target,
-        paraphrases=tuple(paraphrases),
-        locality=tuple(LocalityProbe(p["prompt"], p.get("answer")) for p in locality),
-    )
+    probes = tuple(LocalityProbe(p["prompt"], p.get("answer")) for p in locality)
+    return EditRequest(prompt=prompt, target=target, paraphrases=tuple(paraphrases), locality=probes)
 
 
 def _mean(values: Sequence[float]) -> float | None:

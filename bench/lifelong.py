@@ -25,7 +25,12 @@ the demo's); batch sizes 1/4/16). Options combine: ``"trained corpus live=1 hist
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
 eval entities. Choose arms and their settings on dev; report test. The gate is off (the curve is
-the editor's capacity; ``--gate`` turns the service's default gate on and counts rejections).
+the editor's capacity; ``--gate`` turns the service's default gate on for every arm and counts
+rejections). Service options of an arm: ``gate`` (the default gate: greedy ES/GS, canaries
+against the base model, the side-effect budget, re-checks of live edits), ``budget=b`` and
+``recheck=N`` (with the gate, its budget and re-check sample); an arm with the gate counts its
+rejections and 409 ``capacity`` refusals in ``statuses`` and reports ``drift`` (the share of
+canaries changed against the base, as the gate measures it). Example: ``"demo gate budget=0.05"``.
 
 Writes ``--json`` (default ``bench/results/lifelong_<size>_<split>.json``): ``rows``, one per
 (arm, seed, checkpoint) with ``arm, seed, live_edits, es, gs_anchor, gs_unseen, ls_other, ls_same,
@@ -56,11 +61,21 @@ def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
                   "steps": None, "shrinkage": None, "reg": None, "S": 2, "layers": None, "demo": False}
+    opts.update({"gate": False, "budget": None, "recheck": None})  # the service's, not the editor's
+    editor_tokens = []
     for token in name.split():
         key, _, value = token.partition("=")
+        if token == "gate" or key in ("budget", "recheck"):
+            opts["gate"] = True
+        else:
+            editor_tokens.append(token)
         try:
-            if token == "stacking":
+            if token in ("stacking", "gate"):
                 continue
+            elif key == "budget":
+                opts["budget"] = float(value)
+            elif key == "recheck":
+                opts["recheck"] = int(value)
             elif token in ("corpus", "trained", "demo"):
                 opts[token] = True
             elif key == "live":
@@ -75,11 +90,11 @@ def parse_arm(name: str) -> dict:
                 raise ValueError
         except ValueError:
             raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
-                             "history=, steps=, shrinkage=, reg=, S=, layers=)") from None
+                             "history=, steps=, shrinkage=, reg=, S=, layers=; gate, budget=, recheck=)") from None
     if (opts["reg"] is not None or opts["S"] != 2 or opts["history"] or opts["layers"]) and not opts["trained"]:
         raise ValueError(f"arm {name!r}: reg=, S=, history= and layers= only apply to a trained arm")
-    if opts["demo"] and name != "demo":
-        raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no options")
+    if opts["demo"] and editor_tokens != ["demo"]:
+        raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no editor options")
     return opts
 
 
@@ -96,7 +111,7 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
     if arm["demo"]:
         return paths.editor_dir
     steps = arm["steps"] or max_steps or spec.editor_steps
-    ident = {k: v for k, v in arm.items() if k not in ("name", "steps")}
+    ident = {k: v for k, v in arm.items() if k not in ("name", "steps", "gate", "budget", "recheck")}
     ident["steps"] = steps
     ident.update(seed=seed, training=TRAINING_VERSION, demo=json.loads(paths.stamp_json.read_text()).get("key"),
                  reference=[spec.editor_reg, spec.editor_l2_metric, spec.editor_locality_weight,
@@ -205,16 +220,29 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def gate_settings(arm: dict) -> dict:
+    """The arm's overrides of the service's gate settings (``budget=``, ``recheck=``)."""
+    out: dict = {}
+    if arm.get("budget") is not None:
+        out["side_effect_budget"] = arm["budget"]
+    if arm.get("recheck") is not None:
+        out["gate_recheck_edits"] = arm["recheck"]
+    return out
+
+
 @contextmanager
-def serving(paths, editor_dir: Path, gate: bool, production: bool, redis_url: str, pg_url: str):
+def serving(paths, editor_dir: Path, gate: bool, production: bool, redis_url: str, pg_url: str,
+            overrides: dict | None = None):
     """The service for one arm: embedded (one process, SQLite, in-process queue) or production
     (a worker process on Redis + PostgreSQL, and an API replica in this process that follows it:
     its weights are replayed from the database, and the edits are scored on them)."""
     from bench.serving import Server, settings_for
 
+    overrides = overrides or {}
     with tempfile.TemporaryDirectory(prefix="smedit-lifelong-") as tmp:
-        settings = settings_for(paths, Path(tmp), paths.canary_file.read_text().split("\n"), gate)
-        settings = settings.model_copy(update={"editor_dir": editor_dir})
+        canaries = [line for line in paths.canary_file.read_text().split("\n") if line.strip()]
+        settings = settings_for(paths, Path(tmp), canaries, gate)
+        settings = settings.model_copy(update={"editor_dir": editor_dir, **overrides})
         if not production:
             server = Server(settings)
             try:
@@ -230,7 +258,8 @@ def serving(paths, editor_dir: Path, gate: bool, production: bool, redis_url: st
         env = {"SMEDIT_MODEL_DIR": str(paths.model_dir), "SMEDIT_EDITOR_DIR": str(editor_dir), "SMEDIT_DEVICE": "cpu",
                "SMEDIT_ADMIN_KEY": settings.admin_key, "SMEDIT_GATE_ENABLED": str(gate).lower(),
                "SMEDIT_CANARY_PROMPTS": "|".join(settings.canary_prompts), "SMEDIT_LOG_LEVEL": "WARNING",
-               "SMEDIT_REDIS_PREFIX": schema, "SMEDIT_DATA_DIR": str(Path(tmp) / "worker")}
+               "SMEDIT_REDIS_PREFIX": schema, "SMEDIT_DATA_DIR": str(Path(tmp) / "worker"),
+               **{f"SMEDIT_{k.upper()}": str(v) for k, v in overrides.items()}}
         cluster = LocalCluster(database_url, redis_url, env=env, log_dir=Path(tmp) / "logs")
         try:
             cluster.start(api_replicas=0, workers=1, timeout=600)
@@ -254,7 +283,8 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
 
     probes = untouched_probes(requests)
     rows: list[dict] = []
-    with serving(paths, editor_dir, gate, production, redis_url, pg_url) as server:
+    gate = gate or arm.get("gate", False)
+    with serving(paths, editor_dir, gate, production, redis_url, pg_url, gate_settings(arm)) as server:
         runtime = server.server.config.app.state.services.runtime
         with runtime.lock:
             refs = locality_reference(runtime.model, runtime.tokenizer, [p for ps in probes for p, _ in ps])
@@ -270,9 +300,15 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
                 for r in group:
                     resp = c.post("/v1/edits", json={"edits": [as_json(r)], "author": "bench.lifelong",
                                                      "reason": f"lifelong {arm['name']}"})
+                    if resp.status_code == 409 and resp.json()["detail"].get("reason") == "capacity":
+                        statuses["refused_capacity"] = statuses.get("refused_capacity", 0) + 1
+                        ids.append(None)
+                        continue
                     resp.raise_for_status()
                     ids.append(resp.json()["edit_ids"][0])
                 for r, edit_id in zip(group, ids):
+                    if edit_id is None:
+                        continue
                     body = wait_terminal(c, edit_id)  # answers once this process serves the version
                     latencies.append(time.perf_counter() - t0)
                     statuses[body["status"]] = statuses.get(body["status"], 0) + 1
@@ -287,6 +323,7 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
                                  "latency_p50_s": percentile(latencies, 0.5),
                                  "latency_p99_s": percentile(latencies, 0.99),
                                  "score_s": round(time.perf_counter() - t1, 2), "statuses": dict(statuses),
+                                 "drift": (c.get("/readyz").json().get("side_effects") or {}).get("share"),
                                  **{f"base_{k}": v for k, v in base_spec.items()},
                                  "mode": "production" if production else "embedded"})
                     print(json.dumps(rows[-1]), flush=True)

@@ -252,11 +252,14 @@ N_CANARIES = 128
 def _write_canary_file(paths: DemoPaths) -> None:
     """The gate's canaries as a user would provide them: facts the demo model knows, one per line
     (a demo built when there were 16 gets the larger set)."""
-    if paths.canary_file.is_file() and len(paths.canary_file.read_text().splitlines()) >= N_CANARIES:
+    have = len(paths.canary_file.read_text().splitlines()) if paths.canary_file.is_file() else 0
+    if have >= N_CANARIES:
         return
     world = paths.load_world()
-    available = len(world.splits["locality"]) * len(world.relation_names)
-    prompts = [p.prompt for p in world.canary_prompts(min(N_CANARIES, available))]
+    wanted = min(N_CANARIES, len(world.splits["locality"]) * len(world.relation_names))
+    if have >= wanted:
+        return
+    prompts = [p.prompt for p in world.canary_prompts(wanted)]
     tmp = paths.canary_file.with_suffix(".tmp")
     tmp.write_text("".join(p + "\n" for p in prompts))
     os.replace(tmp, paths.canary_file)

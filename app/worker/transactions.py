@@ -104,7 +104,9 @@ class Transactions:
                 if replace is not None:
                     new_active = self._replaced(s, replace)
                     note += f"; edit {good[0]} supersedes edit {replace.old_id}"
-                    changed.append(replace.old_id)
+                    if replace.mate_ids:
+                        note += f"; re-applied edits {replace.mate_ids}"
+                    changed += [replace.old_id, *replace.mate_ids]
                 row = repo.add_delta(s, blob, good, self.runtime.delta_modules(delta), dict(delta.metadata),
                                      outcome.compute_s)
                 self.cache.put(row.id, delta)

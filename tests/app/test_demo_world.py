@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from tests.app.conftest import start_server, wait_edit, wait_job, ADMIN_KEY
 

@@ -110,7 +110,7 @@ def test_canary_references_are_the_base_models_answers(server_factory) -> None:
     assert extra_passes == []
 
     with runtime.exclusive():
-        _, _, live = worker._committed_state()
+        _, _, live = worker.edits.committed_state()
         reference = worker.gate.reference([x.request for x in live])
         kept = runtime.canaries_kept(canaries, reference)
     assert runtime.base_answers(canaries, srv.services.settings.canary_tokens) == base  # live state untouched

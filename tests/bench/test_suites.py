@@ -318,15 +318,21 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_d
 
     out = tmp_path / "rows.json"
     lifelong_demo.main(["--size", "tiny", "--edits", "3", "--max-steps", "2", "--json", str(out),
-                         "--arms", "demo", "stacking", "corpus live=1", "trained corpus live=1 history=4"])
+                         "--arms", "demo", "stacking", "corpus live=1", "trained corpus live=1 history=4",
+                         "demo gate budget=0.5 recheck=4"])
     rows = _load(out)
     assert isinstance(rows, list)
-    assert [r["arm"] for r in rows] == ["demo", "stacking", "corpus live=1", "trained corpus live=1 history=4"]
+    assert [r["arm"] for r in rows] == ["demo", "stacking", "corpus live=1", "trained corpus live=1 history=4",
+                                        "demo gate budget=0.5 recheck=4"]
+    assert rows[0]["drift"] is None  # no gate: nothing measured against the base
+    assert 0 <= rows[-1]["drift"] <= 0.5  # the gate's budget held
+    assert set(rows[-1]["statuses"]) <= {"applied", "rejected", "refused_capacity"}
     for r in rows:
         assert {"arm", "live_edits", "es", "gs_anchor", "gs_unseen", "ls_other", "ls_same",
                 "latency_p50_s", "latency_p99_s", "spec_other", "spec_same", "base_spec_other"} <= set(r)
         assert 0 <= r["spec_other"] <= 1 and 0 <= r["base_spec_other"] <= 1
         assert sum(r["statuses"].values()) == 3 and r["live_edits"] == r["statuses"].get("applied", 0)
+        assert "drift" in r
         assert r["latency_p50_s"] > 0
     assert (results / "lifelong_tiny_test_curve.png").stat().st_size > 0
     editors = [json.loads(p.read_text()) for p in (results / "lifelong_editors" / "tiny").glob("*/editor.json")]
@@ -335,6 +341,8 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_d
     assert len(protected) == 2 and all(c["live_weight"] == 1.0 for c in protected)
     with pytest.raises(SystemExit):
         lifelong_demo.main(["--arms", "corpus live=lots"])
+    with pytest.raises(SystemExit):
+        lifelong_demo.main(["--arms", "demo gate corpus"])  # the demo editor takes no editor options
 
 
 def test_lifelong_suite_in_production_mode_scores_a_replica_of_a_worker_process(lifelong_demo, results, tmp_path):
