@@ -178,13 +178,18 @@ class EditBatches:
         r = self.gate.measure_group([eid], requests, approved, active, live, under=under, replaced=[replace.old_id])
         self._commit_round(r, [eid], requests, active, live, base_version, jobs, replace)
 
-    def record_side_effects(self) -> None:
-        """After a revert or restore: measure the new state against the base model and store it
-        on its version (what the API's budget check and /readyz read)."""
+    def record_side_effects(self, only_if_missing: bool = False) -> None:
+        """Measure the committed state against the base model and store it on its version (what
+        the API's budget check and /readyz read): after a revert or restore, and at take-over
+        for a version nobody measured yet (the base model's, one made with the gate off)."""
         if not self.settings.gate_enabled or not self.gate.canaries:
             return
         with self.runtime.exclusive():
             number, active, live = self.committed_state()
+            if only_if_missing:
+                with session_scope(self.sessions) as s:
+                    if repo.get_version(s, number).side_effects is not None:
+                        return
             side_effects = self.gate.state_side_effects(tuple(i for i, _ in active), live)
             with session_scope(self.sessions) as s:
                 repo.record_side_effects(s, number, side_effects)

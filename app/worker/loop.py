@@ -142,6 +142,7 @@ class Worker:
     def _take_over(self) -> None:
         self._resync(record_hash=True)
         self.recover()
+        self.edits.record_side_effects(only_if_missing=True)
         self.is_leader = True
         self.leader_terms += 1
         self.metrics.worker_leader.set(1)

@@ -68,14 +68,16 @@ def edit(
     author: Optional[str] = typer.Option(None, "--author"),
     reason: Optional[str] = typer.Option(None, "--reason"),
     idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key"),
+    supersedes: Optional[int] = typer.Option(
+        None, "--supersedes", help="Id of an applied edit this one replaces (the same prompt replaces it anyway)."),
     wait: bool = WAIT,
     url: str = URL,
     key: Optional[str] = KEY,
 ) -> None:
     """Submit one fact; prints the edit ids (and with --wait, the outcome)."""
     with _client(url, key) as c:
-        sub = _call(lambda: c.submit_edit(prompt, target, paraphrase, author=author, reason=reason,
-                                          idempotency_key=idempotency_key))
+        fact = Fact(prompt, target, paraphrase, supersedes=supersedes)
+        sub = _call(lambda: c.submit_edits([fact], author=author, reason=reason, idempotency_key=idempotency_key))
         if not wait:
             _print(sub)
             return
