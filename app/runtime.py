@@ -25,7 +25,7 @@ from editor_core.delta import Delta
 from editor_core.editor import EditorConfig, SMEditor
 from editor_core.models import load_model, model_fingerprint
 from editor_core.state import WeightState
-from editor_core.tokens import prompt_ids, split_pair
+from editor_core.tokens import leading_ids, prompt_ids, split_pair
 from editor_core.types import EditRequest, LocalityProbe
 
 from app.runtime_results import ContextTooLong, EditMeasure, GenerateResult, Measurement, ProbeResult
@@ -344,6 +344,12 @@ class ModelRuntime:
         """How many tokens ``generate`` feeds the model for ``prompt`` (usage, context room)."""
         with self.lock:  # fast tokenizers are not thread-safe
             return len(prompt_ids(self.tokenizer, prompt))
+
+    def pair_tokens(self, prompt: str, answer: str) -> int:
+        """How many positions ``prompt`` followed by ``answer`` takes (an edit's row, BOS included)."""
+        with self.lock:
+            p, a = split_pair(self.tokenizer, prompt, answer)
+            return len(leading_ids(self.tokenizer)) + len(p) + len(a)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of generated token ids as ``generate`` returns it (special tokens dropped), so a

@@ -16,11 +16,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -149,15 +151,31 @@ class Idempotency(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+_NOT_FAILED = "status != 'failed'"
+
+
 class Job(Base):
-    """A unit of work for the single writer. ``id`` order is the one total order of history."""
+    """A unit of work for the single writer. ``id`` order is the one total order of history.
+
+    ``basis`` is the state a revert or restore was accepted against (the edit's applied version;
+    the latest version): one (edit, basis) revert and one (target, basis) restore that has not
+    failed may exist, so of racing requests the database itself accepts exactly one."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        Index("uq_jobs_revert_once", "edit_id", "basis", unique=True,
+              sqlite_where=text(f"kind = 'revert' AND {_NOT_FAILED}"),
+              postgresql_where=text(f"kind = 'revert' AND {_NOT_FAILED}")),
+        Index("uq_jobs_restore_once", "target_version", "basis", unique=True,
+              sqlite_where=text(f"kind = 'restore' AND {_NOT_FAILED}"),
+              postgresql_where=text(f"kind = 'restore' AND {_NOT_FAILED}")),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True)
     edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"), nullable=True)
     target_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    basis: Mapped[int | None] = mapped_column(Integer, nullable=True)
     requested_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from app import repository as repo
 from app.db import session_scope
 from app.services import Services
 from app.tables import Edit, Job, Version
 from app.schemas import EditOut, JobOut, Timings, VersionOut
+
+# Row ids are int4 on PostgreSQL: a number past that is a 422 naming the parameter, not a 500.
+MAX_ROW_ID = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id (1 .. 2^31-1)")]
+VersionNumber = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="a version number (0 = the base model)")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ROW_ID, description="rows to skip")]
 
 
 if TYPE_CHECKING:

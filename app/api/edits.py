@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
-from app.api.deps import ServicesDep, edit_out, enqueue, job_out, require_queue
+from app.api.deps import Offset, RowId, ServicesDep, edit_out, enqueue, job_out, require_queue
 from app.auth import Principal, require
 from app.db import session_scope
 from app.status import EditStatus, JobKind
@@ -25,12 +25,35 @@ def _submit_out(request: Request, ids: list[int], duplicate: bool) -> SubmitOut:
     return SubmitOut(edit_ids=ids, status_urls=urls, status_url=urls[0], duplicate=duplicate)
 
 
+def _too_long(svc: ServicesDep, body: EditSubmission) -> list[dict]:
+    """Rows (prompt or paraphrase + target, locality prompt + answer) past the model's context,
+    as field errors with their token counts: the editor could not even read them."""
+    runtime = svc.runtime
+    if runtime is None or runtime.context is None:
+        return []
+    errors = []
+
+    def check(loc: tuple, prompt: str, answer: str, what: str) -> None:
+        n = runtime.pair_tokens(prompt, answer)
+        if n > runtime.context:  # type: ignore[operator]
+            errors.append({"type": "value_error", "loc": ("body", "edits", *loc), "input": None,
+                           "msg": f"{what} need {n} tokens; the model's context is {runtime.context}"})
+
+    for i, e in enumerate(body.edits):
+        check((i, "prompt"), e.prompt, e.target, "prompt and target")
+        for j, p in enumerate(e.paraphrases):
+            check((i, "paraphrases", j), p, e.target, "paraphrase and target")
+        for j, probe in enumerate(e.locality):
+            check((i, "locality", j, "prompt"), probe.prompt, probe.answer or "", "locality prompt and answer")
+    return errors
+
+
 def _check_state(svc: ServicesDep, body: EditSubmission) -> None:
-    """Refuse what the current state cannot take, before anything is stored: a ``supersedes``
-    that names no applied edit (422 / 409), and any edit once the side-effect budget is spent
-    (409, reason ``capacity``)."""
+    """Refuse what the model and the current state cannot take, before anything is stored: rows
+    longer than the context (422), a ``supersedes`` that names no applied edit (422 / 409), and
+    any edit once the side-effect budget is spent (409, reason ``capacity``)."""
+    errors = _too_long(svc, body)
     with session_scope(svc.sessions) as s:
-        errors = []
         for i, e in enumerate(body.edits):
             if e.supersedes is None:
                 continue
@@ -113,7 +136,7 @@ def list_edits(
     until: datetime | None = None,
     q: Annotated[str | None, Query(max_length=200, description="text in prompt, target or reason")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[EditOut]:
     """History of edits, newest first."""
     with session_scope(svc.sessions) as s:
@@ -123,7 +146,7 @@ def list_edits(
 
 @router.get("/edits/{edit_id}", response_model=EditOut, name="get_edit")
 def get_edit(
-    edit_id: int,
+    edit_id: RowId,
     svc: ServicesDep,
     _: Principal = Depends(require("read")),
     wait_s: float = Query(0.0, ge=0.0, le=30.0, description="long poll: answer as soon as the edit leaves "
@@ -149,7 +172,7 @@ def get_edit(
 
 
 @router.post("/edits/{edit_id}/revert", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-def revert_edit(edit_id: int, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
+def revert_edit(edit_id: RowId, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a revert: a new version without this edit (see docs/api.md for batch semantics)."""
     require_queue(svc)
     with session_scope(svc.sessions) as s:
@@ -159,15 +182,19 @@ def revert_edit(edit_id: int, svc: ServicesDep, request: Request, principal: Pri
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
         if edit.status != EditStatus.APPLIED:
             raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, only applied edits can be reverted")
-        job = repo.create_job(s, JobKind.REVERT, principal.name, edit_id=edit_id)
-        job_id = job.id
+        basis = edit.applied_version
+    try:
+        with session_scope(svc.sessions) as s:  # the database refuses a second revert of this application
+            job_id = repo.create_job(s, JobKind.REVERT, principal.name, edit_id=edit_id, basis=basis).id
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is already being reverted") from None
     enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
 
 
 @router.post("/edits/{edit_id}/approve", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 def approve_edit(
-    edit_id: int, svc: ServicesDep, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
+    edit_id: RowId, svc: ServicesDep, request: Request, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
 ) -> JobAccepted:
     """Review mode: apply an edit the gate held back (recomputed on the current model, gate waived)."""
     require_queue(svc)
@@ -188,7 +215,7 @@ def approve_edit(
 
 @router.post("/edits/{edit_id}/reject", response_model=EditOut)
 def reject_edit(
-    edit_id: int, svc: ServicesDep, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
+    edit_id: RowId, svc: ServicesDep, body: ReviewIn | None = None, principal: Principal = Depends(require("admin"))
 ) -> EditOut:
     """Review mode: a held edit is rejected for good (its numbers stay in the history)."""
     with session_scope(svc.sessions) as s:
@@ -207,7 +234,7 @@ def reject_edit(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, name="get_job")
-def get_job(job_id: int, svc: ServicesDep, _: Principal = Depends(require("read"))) -> JobOut:
+def get_job(job_id: RowId, svc: ServicesDep, _: Principal = Depends(require("read"))) -> JobOut:
     with session_scope(svc.sessions) as s:
         try:
             return job_out(repo.get_job(s, job_id))

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from app import api_keys
 from app.repository import NotFound
 from app.tables import ApiKey
-from app.api.deps import ServicesDep
+from app.api.deps import RowId, ServicesDep
 from app.auth import Principal, require
 from app.db import session_scope
 from app.schemas import KeyCreated, KeyIn, KeyOut
@@ -33,7 +33,7 @@ def list_keys(svc: ServicesDep, _: Principal = Depends(require("admin"))) -> lis
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-def revoke_key(key_id: int, svc: ServicesDep, principal: Principal = Depends(require("admin"))) -> KeyOut:
+def revoke_key(key_id: RowId, svc: ServicesDep, principal: Principal = Depends(require("admin"))) -> KeyOut:
     if key_id == principal.key_id:
         raise HTTPException(status.HTTP_409_CONFLICT, "refusing to revoke the key making this request")
     with session_scope(svc.sessions) as s:

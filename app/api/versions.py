@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
-from app.api.deps import ServicesDep, enqueue, require_queue, version_out
+from app.api.deps import Offset, ServicesDep, VersionNumber, enqueue, require_queue, version_out
 from app.services import Services
 from app.status import JobKind, VersionKind
 from app.auth import Principal, require
@@ -32,7 +33,7 @@ def list_versions(
     until: datetime | None = None,
     q: Annotated[str | None, Query(max_length=200, description="text in the version note")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[VersionOut]:
     """Versions, newest first; ``live`` marks the one this process serves."""
     live = _live(svc)
@@ -42,7 +43,7 @@ def list_versions(
 
 
 @router.get("/versions/{number}", response_model=VersionOut)
-def get_version(number: int, svc: ServicesDep, _: Principal = Depends(require("read"))) -> VersionOut:
+def get_version(number: VersionNumber, svc: ServicesDep, _: Principal = Depends(require("read"))) -> VersionOut:
     with session_scope(svc.sessions) as s:
         try:
             return version_out(repo.get_version(s, number), _live(svc))
@@ -51,15 +52,23 @@ def get_version(number: int, svc: ServicesDep, _: Principal = Depends(require("r
 
 
 @router.post("/versions/{number}/restore", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-def restore_version(number: int, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
+def restore_version(number: VersionNumber, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a restore: a new version with exactly version ``number``'s active deltas (same bits)."""
     require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
-            repo.get_version(s, number)
+            target = repo.get_version(s, number)
         except repo.NotFound as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        job = repo.create_job(s, JobKind.RESTORE, principal.name, target_version=number)
-        job_id = job.id
+        latest = repo.latest_version(s)
+        if latest is not None and list(latest.active_deltas) == list(target.active_deltas):
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"version {number}'s state is already live (version {latest.number}): nothing to restore")
+        basis = latest.number if latest is not None else None
+    try:
+        with session_scope(svc.sessions) as s:  # the database refuses a second restore from this state
+            job_id = repo.create_job(s, JobKind.RESTORE, principal.name, target_version=number, basis=basis).id
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"a restore to version {number} was already accepted") from None
     enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))

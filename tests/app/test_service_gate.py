@@ -77,15 +77,46 @@ def test_review_mode_approve_and_reject(server_factory) -> None:
 
 
 def test_one_broken_edit_does_not_sink_its_batch(server) -> None:
-    # A prompt longer than the tiny model's 128 positions makes the editing library raise.
+    """The editing library raising on one edit (simulated: every input it can be given is now
+    checked at submit) fails that edit alone; its batch mate is applied, the worker runs on."""
     c = server.client()
-    long_prompt = "The sky is blue and " * 60 + "the sea is"
-    ids = c.post("/v1/edits", json={"edits": [{"prompt": "Water boils at", "target": "ten"},
-                                              {"prompt": long_prompt, "target": "green"}]}).json()["edit_ids"]
-    good, broken = wait_edit(c, ids[0]), wait_edit(c, ids[1])
-    assert broken["status"] == "failed" and broken["error"]
+    runtime = server.services.runtime
+    real = runtime.compute
+
+    def compute(requests):
+        if any(r.prompt == "This prompt breaks the editor:" for r in requests):
+            raise IndexError("index out of range in self")
+        return real(requests)
+
+    runtime.compute = compute
+    try:
+        ids = c.post("/v1/edits", json={"edits": [{"prompt": "Water boils at", "target": "ten"},
+                                                  {"prompt": "This prompt breaks the editor:", "target": "green"}]}
+                     ).json()["edit_ids"]
+        good, broken = wait_edit(c, ids[0]), wait_edit(c, ids[1])
+    finally:
+        del runtime.compute
+    assert broken["status"] == "failed" and "index out of range" in broken["error"]
     assert good["status"] == "applied" and good["applied_version"] == 1
     assert server.client().get("/readyz").json()["worker_running"] is True
+
+
+def test_rows_past_the_context_are_refused_at_submit_with_token_counts(server) -> None:
+    c = server.client()
+    long_prompt = "The sky is blue and " * 60 + "the sea is"
+    before = c.get("/v1/edits").json()["total"]
+    for fact, field in [
+        ({"prompt": long_prompt, "target": "green"}, ["body", "edits", 0, "prompt"]),
+        ({"prompt": "The sea is", "target": "green", "paraphrases": ["ok", long_prompt]}, ["body", "edits", 0, "paraphrases", 1]),
+        ({"prompt": "The sea is", "target": "green " * 80}, ["body", "edits", 0, "prompt"]),
+        ({"prompt": "The sea is", "target": "green", "locality": [{"prompt": long_prompt}]},
+         ["body", "edits", 0, "locality", 0, "prompt"]),
+    ]:
+        r = c.post("/v1/edits", json=fact)
+        assert r.status_code == 422, r.text
+        [err] = r.json()["detail"]
+        assert err["loc"] == field and "tokens; the model's context is 128" in err["msg"], err
+    assert c.get("/v1/edits").json()["total"] == before
 
 
 def test_canary_references_are_the_base_models_answers(server_factory) -> None:
