@@ -11,6 +11,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "sequential": ("bench.sequential", "T successive batches of n edits (e.g. 20x10), measured at the end on all TxN"),
     "lifelong": ("bench.lifelong", "the capacity curve: edits arriving one at a time through the service, scored on all live edits vs the base"),
     "realdata": ("bench.realdata", "CounterFact edits on a GPT-2 trained from scratch on CounterFact facts (or --base minilm, --model-dir)"),
+    "gate_cost": ("bench.gate_cost", "one quality-gate measurement (canaries + live re-checks) vs one forward pass over its rows"),
     "serving": ("bench.serving", "embedded service overhead, micro-batching, edited inference"),
     "service": ("bench.service", "production mode (Redis + PostgreSQL): latency through the service, replica catch-up"),
 }

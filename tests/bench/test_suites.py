@@ -377,3 +377,16 @@ def test_protected_methods_fit_the_preservation_set_and_are_handed_the_live_edit
         assert all(m.fitted == 1 for m in editor.key_moments)
         report = evaluate_editing(model, tok, edit_fn, train[:4], batch_size=1, sequential=4, generation=False, pass_live=True)
         assert report["summary"]["n_requests"] == 4
+
+
+def test_gate_cost_times_the_gate_against_a_bare_forward_on_the_same_rows(lifelong_demo, results, monkeypatch):
+    import bench.gate_cost
+
+    monkeypatch.setattr(bench.gate_cost, "demo_world_model", lifelong_demo.demo_world_model)
+    bench.gate_cost.main(["--size", "tiny", "--live", "3", "--canaries", "4", "--repeats", "3"])
+    payload = json.loads((results / "gate_cost.json").read_text())
+    now, before = payload["results"]["gate (live re-check)"], payload["results"]["gate before (16 canaries)"]
+    assert now["live_rechecked"] == 3 and before["live_rechecked"] == 0
+    assert now["rows"] > before["rows"] >= 1
+    for r in (now, before):
+        assert r["ratio"] > 0 and r["gate_s"][0] <= r["gate_s"][1] <= r["gate_s"][2]
