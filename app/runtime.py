@@ -28,6 +28,7 @@ from editor_core.state import WeightState
 from editor_core.tokens import leading_ids, prompt_ids, split_pair
 from editor_core.types import EditRequest, LocalityProbe
 
+from app.row_tokens import RowTokens
 from app.runtime_results import ContextTooLong, EditMeasure, GenerateResult, Measurement, ProbeResult
 
 log = logging.getLogger("app.runtime")
@@ -67,7 +68,7 @@ class ModelRuntime:
         self.base_hash: str = self.state.weights_hash()
         self.live_hash: str | None = self.base_hash
         self.active_ids: list[int] = []
-        self._prompt_id_cache: dict[str, list[int]] = {}
+        self.rows = RowTokens(lambda p: prompt_ids(self.tokenizer, p), lambda p, t: split_pair(self.tokenizer, p, t))
         config = self.model.config
         self.context: int | None = getattr(config, "n_positions", None) or getattr(
             config, "max_position_embeddings", None
@@ -234,7 +235,7 @@ class ModelRuntime:
             try:
                 per_edit, kept = scores.gate_scores(
                     self.model, self.tokenizer, requests + recheck, list(canaries), list(canary_reference),
-                    canary_ids=[self._prompt_ids(c) for c in canaries],
+                    canary_ids=[self.rows.prompt(c) for c in canaries], pair_ids=self.rows.pair,
                 )
                 per_probe = scores.locality_scores(self.model, self.tokenizer, probes, loc_ref) if loc_ref else []
             except BaseException:
@@ -262,15 +263,6 @@ class ModelRuntime:
             for s, loc in zip(per_edit, locality)
         ]
         return Measurement(edits=measures[: len(requests)], canary_kept=kept, recheck=measures[len(requests) :])
-
-    def _prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of a prompt the gate reads on every edit (the canaries), tokenized once."""
-        ids = self._prompt_id_cache.get(prompt)
-        if ids is None:
-            if len(self._prompt_id_cache) > 4096:
-                self._prompt_id_cache.clear()
-            ids = self._prompt_id_cache[prompt] = prompt_ids(self.tokenizer, prompt)
-        return ids
 
     # ---- inference --------------------------------------------------------------------------
     def generate(

@@ -12,7 +12,7 @@ All functions measure the model as it currently is; callers apply and revert del
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -283,6 +283,7 @@ def gate_scores(
     canary_answers: Sequence[Sequence[int]] = (),
     batch_size: int = 64,
     canary_ids: Sequence[Sequence[int]] | None = None,
+    pair_ids: Callable[[str, str], tuple[list[int], list[int]]] | None = None,
 ) -> tuple[list[RequestScores], list[bool]]:
     """Teacher-forced ES/GS of every request and whether every canary keeps its greedy answer,
     all from one padded forward pass (per ``batch_size`` rows).
@@ -291,15 +292,17 @@ def gate_scores(
     the exact match is greedy success) and :func:`greedy_keeps`, for the price of one call: on a
     small model the fixed cost of each forward (masks, kernel launches) rivals its arithmetic, and
     a quality gate that runs on every edit pays it three times over otherwise. ``canary_ids``:
-    the canaries' :func:`prompt_ids`, if the caller keeps them (they never change).
+    the canaries' :func:`prompt_ids`, if the caller keeps them (they never change); ``pair_ids``:
+    a (cached) :func:`split_pair` for the requests' rows, which a service re-reads on every edit.
     """
     if len(canaries) != len(canary_answers):
         raise ValueError("every canary needs its reference answer ids")
     lead = leading_ids(tokenizer)
     rows: list[tuple[list[int], int]] = []  # (ids, number of answer tokens at the end)
+    pair = pair_ids or (lambda prompt, target: split_pair(tokenizer, prompt, target))
     for r in requests:
         for prompt in (r.prompt, *r.paraphrases):
-            p_ids, t_ids = split_pair(tokenizer, prompt, r.target)
+            p_ids, t_ids = pair(prompt, r.target)
             rows.append((lead + p_ids + t_ids, len(t_ids)))
     if canary_ids is None:
         canary_ids = [prompt_ids(tokenizer, prompt) for prompt in canaries]
@@ -328,9 +331,15 @@ def _answer_hits(
 ) -> list[torch.Tensor]:
     """Per row, whether the argmax at each answer position is the answer token (bool tensor).
 
-    An empty answer (a canary whose reference is empty) counts as kept: ``all()`` of nothing."""
+    The output head runs only at the answer positions (a few per row, of a vocabulary-wide
+    matrix product at every position otherwise): the body's last hidden states, then the head on
+    the positions asked for. Models whose head is not a plain map of the last hidden state
+    (no ``base_model`` / output embeddings) get full logits. An empty answer (a canary whose
+    reference is empty) counts as kept: ``all()`` of nothing."""
     device = _device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    body, head = getattr(model, "base_model", model), model.get_output_embeddings()
+    split = body is not model and head is not None
     out: list[torch.Tensor] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -340,8 +349,18 @@ def _answer_hits(
         for b, (row, _) in enumerate(chunk):
             ids[b, : len(row)] = torch.tensor(row)
             mask[b, : len(row)] = 1
-        argmax = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
-        for b, (row, n_answer) in enumerate(chunk):
-            first = len(row) - n_answer - 1
-            out.append(argmax[b, first : len(row) - 1] == ids[b, first + 1 : len(row)])
+        spans = [(len(row) - n_answer - 1, len(row) - 1) for row, n_answer in chunk]
+        if split:
+            hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            b_idx = torch.tensor([b for b, (lo, hi) in enumerate(spans) for _ in range(lo, hi)], dtype=torch.long)
+            p_idx = torch.tensor([p for lo, hi in spans for p in range(lo, hi)], dtype=torch.long)
+            picked = head(hidden[b_idx.to(device), p_idx.to(device)]).argmax(-1).cpu()
+            cursor = 0
+            for b, (lo, hi) in enumerate(spans):
+                out.append(picked[cursor : cursor + hi - lo] == ids[b, lo + 1 : hi + 1])
+                cursor += hi - lo
+        else:
+            argmax = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
+            for b, (lo, hi) in enumerate(spans):
+                out.append(argmax[b, lo:hi] == ids[b, lo + 1 : hi + 1])
     return out
