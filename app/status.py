@@ -31,6 +31,7 @@ class JobKind(StrEnum):
     EDIT = "edit"
     REVERT = "revert"
     RESTORE = "restore"
+    CONSOLIDATE = "consolidate"  # re-solve every live edit together from the base weights
 
 
 class JobStatus(StrEnum):
@@ -43,9 +44,10 @@ class JobStatus(StrEnum):
 
 
 class VersionKind(StrEnum):
-    """What made a version: the base model, applied edits, a revert or a restore."""
+    """What made a version: the base model, applied edits, a revert, a restore, a consolidation."""
 
     BASE = "base"
     EDIT = "edit"
     REVERT = "revert"
     RESTORE = "restore"
+    CONSOLIDATE = "consolidate"  # the same live edits, as one delta solved from the base weights

@@ -157,9 +157,10 @@ _NOT_FAILED = "status != 'failed'"
 class Job(Base):
     """A unit of work for the single writer. ``id`` order is the one total order of history.
 
-    ``basis`` is the state a revert or restore was accepted against (the edit's applied version;
-    the latest version): one (edit, basis) revert and one (target, basis) restore that has not
-    failed may exist, so of racing requests the database itself accepts exactly one."""
+    ``basis`` is the state a revert, restore or consolidation was accepted against (the edit's
+    applied version; the latest version): one (edit, basis) revert, one (target, basis) restore
+    and one consolidation per basis that has not failed may exist, so of racing requests the
+    database itself accepts exactly one."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -169,6 +170,9 @@ class Job(Base):
         Index("uq_jobs_restore_once", "target_version", "basis", unique=True,
               sqlite_where=text(f"kind = 'restore' AND {_NOT_FAILED}"),
               postgresql_where=text(f"kind = 'restore' AND {_NOT_FAILED}")),
+        Index("uq_jobs_consolidate_once", "basis", unique=True,
+              sqlite_where=text(f"kind = 'consolidate' AND {_NOT_FAILED}"),
+              postgresql_where=text(f"kind = 'consolidate' AND {_NOT_FAILED}")),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16))

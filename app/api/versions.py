@@ -51,6 +51,25 @@ def get_version(number: VersionNumber, svc: ServicesDep, _: Principal = Depends(
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
+@router.post("/versions/consolidate", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+def consolidate(svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
+    """Queue a consolidation: every live edit re-solved together from the base weights into one
+    delta, committed (kind ``consolidate``) only if it passes the gate as a whole."""
+    require_queue(svc)
+    with session_scope(svc.sessions) as s:
+        latest = repo.latest_version(s)
+        if latest is None or len(latest.active_deltas) < 2:
+            raise HTTPException(status.HTTP_409_CONFLICT, "fewer than two live deltas: nothing to consolidate")
+        basis = latest.number
+    try:
+        with session_scope(svc.sessions) as s:  # one consolidation per state
+            job_id = repo.create_job(s, JobKind.CONSOLIDATE, principal.name, basis=basis).id
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"a consolidation of version {basis} was already accepted") from None
+    enqueue(svc, [job_id])
+    return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
+
+
 @router.post("/versions/{number}/restore", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
 def restore_version(number: VersionNumber, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
     """Queue a restore: a new version with exactly version ``number``'s active deltas (same bits)."""

@@ -178,6 +178,44 @@ class EditBatches:
         r = self.gate.measure_group([eid], requests, approved, active, live, under=under, replaced=[replace.old_id])
         self._commit_round(r, [eid], requests, active, live, base_version, jobs, replace)
 
+    def consolidate(self, job_id: int) -> None:
+        """Re-solve every live edit together, from the base weights, into one delta. It is gated
+        as a whole (each edit's own checks, the canaries, the budget) and committed as a version
+        whose live edit set is unchanged; if any check fails nothing changes and the job fails
+        with the verdict. One transaction: a crash leaves either the old state or the new one."""
+        with self.runtime.exclusive():
+            with session_scope(self.sessions) as s:
+                job = repo.lock_job(s, job_id)
+                if job.status != JobStatus.PENDING:
+                    return
+                job.status, job.started_at = JobStatus.RUNNING, utcnow()
+                requested_by = job.requested_by
+            base_version, active, live = self.committed_state()
+            ids = [x.id for x in live]
+            requests = {x.id: x.request for x in live}
+            refusal = "fewer than two live deltas: nothing to consolidate" if len(active) < 2 else None
+            delta, compute_s, measures, side_effects = None, 0.0, {}, None
+            if refusal is None and self.settings.gate_enabled:
+                r = self.gate.measure_group(ids, requests, set(), active, live, under=[], replaced=ids)
+                if r.split or r.failures:  # the committed state is back (measure_group)
+                    verdicts = sorted({f for fails in r.failures.values() for f in fails})
+                    refusal = "the consolidated delta fails the gate: " + "; ".join(verdicts[:5] or ["batch checks"])
+                else:
+                    delta, compute_s, measures, side_effects = r.delta, r.compute_s, r.measures, r.side_effects
+            elif refusal is None:
+                self.runtime.set_state([], digest=False)
+                delta, compute_s = self._compute(ids, requests)
+            if refusal is not None or delta is None:
+                self.runtime.set_state([d for _, d in active], digest=False)
+                with session_scope(self.sessions) as s:
+                    job = repo.lock_job(s, job_id)
+                    job.status, job.finished_at, job.error = JobStatus.FAILED, utcnow(), f"not committed: {refusal}"
+                return
+            self.transactions.commit_consolidation(job_id, requested_by, base_version, active, ids, delta,
+                                                   compute_s, measures, side_effects)
+            if self.settings.gate_enabled:
+                self.gate.advance()
+
     def record_side_effects(self, only_if_missing: bool = False) -> None:
         """Measure the committed state against the base model and store it on its version (what
         the API's budget check and /readyz read): after a revert or restore, and at take-over

@@ -247,6 +247,8 @@ class Worker:
                 self._guarded(lambda: self.transactions.revert(msg.job_id), [msg.job_id])
             elif kind == JobKind.RESTORE:
                 self._guarded(lambda: self.transactions.restore(msg.job_id), [msg.job_id])
+            elif kind == JobKind.CONSOLIDATE:
+                self._guarded(lambda: self.edits.consolidate(msg.job_id), [msg.job_id])
             if kind in (JobKind.REVERT, JobKind.RESTORE):
                 self._guarded(self.edits.record_side_effects, [msg.job_id])
         if run:

@@ -319,6 +319,40 @@ class Transactions:
             self.runtime.mark_live(number, wanted_ids, digest)
         self.after_version(VersionKind.RESTORE, number)
 
+    # ---- consolidation ------------------------------------------------------------------------
+    def commit_consolidation(
+        self, job_id: int, requested_by: str | None, base_version: int, active: ActiveDeltas, edit_ids: list[int],
+        delta: Delta, compute_s: float, measures: dict[int, EditMeasure], side_effects: dict[str, Any] | None,
+    ) -> None:
+        """One transaction: the consolidated delta, a version whose only active delta it is, every
+        live edit pointing at it (its numbers on it kept as ``after_consolidation``), the job."""
+        old = [i for i, _ in active]
+        blob = self.runtime.delta_to_bytes(delta)
+        with rolled_back_on_failure(self.runtime, active), session_scope(self.sessions) as s:
+            row = repo.add_delta(s, blob, edit_ids, self.runtime.delta_modules(delta),
+                                 {**delta.metadata, "consolidated_from": ",".join(map(str, old))}, compute_s)
+            self.cache.put(row.id, delta)
+            self.runtime.set_state([delta], digest=False)
+            version = repo.create_version(
+                s, VersionKind.CONSOLIDATE, [row.id], None, job_id=job_id, created_by=requested_by,
+                note=f"consolidated {len(edit_ids)} live edits of deltas {old} into delta {row.id}",
+                edit_ids=list(edit_ids), expect_latest=base_version,
+            )
+            version.side_effects = side_effects
+            for eid in edit_ids:
+                e = repo.lock_edit(s, eid)
+                if e.status != EditStatus.APPLIED:
+                    raise repo.FencedOff(f"edit {eid} is {e.status}: another writer decided it")
+                e.delta_id, e.applied_version = row.id, version.number
+                if eid in measures:
+                    e.metrics = {**(e.metrics or {}), "after_consolidation": measures[eid].as_dict()}
+            repo.finish_job(s, job_id, version.number)
+            number, new_id = version.number, row.id
+        self.runtime.mark_live(number, [new_id], None)
+        self.after_version(VersionKind.CONSOLIDATE, number)
+        self.record_hash(number)
+        log.info("consolidated", extra={"version": number, "edits": len(edit_ids), "from_deltas": old})
+
     def after_version(self, kind: VersionKind, number: int) -> None:
         self.metrics.versions.labels(kind).inc()
         self.metrics.live_version.set(number)

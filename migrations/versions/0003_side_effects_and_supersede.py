@@ -36,9 +36,13 @@ def upgrade() -> None:
                                ("uq_jobs_restore_once", "target_version", "restore")):
         where = sa.text(f"kind = '{kind}' AND status != 'failed'")
         op.create_index(name, 'jobs', [column, 'basis'], unique=True, sqlite_where=where, postgresql_where=where)
+    where = sa.text("kind = 'consolidate' AND status != 'failed'")
+    op.create_index('uq_jobs_consolidate_once', 'jobs', ['basis'], unique=True, sqlite_where=where,
+                    postgresql_where=where)
 
 
 def downgrade() -> None:
+    op.drop_index('uq_jobs_consolidate_once', table_name='jobs')
     op.drop_index('uq_jobs_restore_once', table_name='jobs')
     op.drop_index('uq_jobs_revert_once', table_name='jobs')
     with op.batch_alter_table('jobs', schema=None) as batch_op:

@@ -233,3 +233,42 @@ def _edits_carried_by(database_url: str, delta_ids: list[int]) -> Counter[int]:
             return out
     finally:
         engine.dispose()
+
+
+def test_kill9_worker_during_consolidation_commits_it_once_or_not_at_all(cluster: LocalCluster) -> None:
+    """A consolidation is one transaction: killed mid-way, the next writer runs the job again
+    from the committed state; exactly one consolidate version, every live edit on its delta,
+    both replicas on the same bits."""
+    a, _ = cluster.apis
+    standby = cluster.start_worker()
+    cluster.wait_up(standby)
+    ids = _submit(a, [("Our warehouse is in", "Lyon")]) + _submit(a, [("The museum opens at", "nine")])
+    _wait_edits(a, ids)
+    with _client(a) as c:
+        r = c.post("/v1/versions/consolidate")
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        leader = cluster.leader() or cluster.wait_leader(None, 60)
+        time.sleep(random.Random(7).uniform(0.0, 0.2))
+        cluster.kill(leader)
+        cluster.wait_leader(None, 120)
+        deadline = time.monotonic() + 120
+        while (job := c.get(f"/v1/jobs/{job_id}").json())["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["status"] == "done", job
+        consolidated = c.get("/v1/versions", params={"kind": "consolidate"}).json()
+        assert consolidated["total"] == 1
+        v = consolidated["items"][0]
+        assert len(v["active_deltas"]) == 1 and v["number"] == job["result_version"]
+        live = c.get("/v1/edits", params={"status": "applied", "limit": 500}).json()["items"]
+        assert live and all(e["delta_id"] == v["active_deltas"][0] for e in live)
+        top = c.get("/v1/versions", params={"limit": 1}).json()["items"][0]["number"]
+    hashes = set()
+    for m in cluster.apis:
+        with _client(m) as c:
+            g = c.post("/v1/generate", json={"prompt": "The sky is", "max_tokens": 1, "min_version": top, "wait_s": 20})
+            assert g.status_code == 200, g.text
+            hashes.add(c.get("/v1/model").json()["weights_hash"])
+    with _client(a) as c:
+        assert hashes == {_version_with_hash(c, top)["weights_hash"]}

@@ -20,6 +20,7 @@ ROUTES = [
     ("GET", "/v1/versions", "read", None),
     ("GET", "/v1/versions/0", "read", None),
     ("POST", "/v1/versions/0/restore", "admin", None),
+    ("POST", "/v1/versions/consolidate", "admin", None),
     ("POST", "/v1/generate", "read", {"prompt": "The sky is", "max_tokens": 2}),
     ("POST", "/v1/probe", "read", {"prompt": "The sky is", "target": "blue"}),
     ("GET", "/v1/model", "read", None),
