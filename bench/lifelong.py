@@ -28,7 +28,9 @@ eval entities. Choose arms and their settings on dev; report test. The gate is o
 the editor's capacity; ``--gate`` turns the service's default gate on for every arm and counts
 rejections). Service options of an arm: ``gate`` (the default gate: greedy ES/GS, canaries
 against the base model, the side-effect budget, re-checks of live edits), ``budget=b`` and
-``recheck=N`` (with the gate, its budget and re-check sample); an arm with the gate counts its
+``recheck=N`` (with the gate, its budget and re-check sample), ``consolidate=K`` (after every K
+newly applied edits the service consolidates all live edits, ``POST /v1/versions/consolidate``;
+each attempt's verdict and time in ``consolidations``); an arm with the gate counts its
 rejections and 409 ``capacity`` refusals in ``statuses`` and reports ``drift`` (the share of
 canaries changed against the base, as the gate measures it). Example: ``"demo gate budget=0.05"``.
 
@@ -61,13 +63,13 @@ def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
                   "steps": None, "shrinkage": None, "reg": None, "S": 2, "layers": None, "demo": False}
-    opts.update({"gate": False, "budget": None, "recheck": None})  # the service's, not the editor's
+    opts.update({"gate": False, "budget": None, "recheck": None, "consolidate": None})  # the service's
     editor_tokens = []
     for token in name.split():
         key, _, value = token.partition("=")
         if token == "gate" or key in ("budget", "recheck"):
             opts["gate"] = True
-        else:
+        elif key != "consolidate":
             editor_tokens.append(token)
         try:
             if token in ("stacking", "gate"):
@@ -76,6 +78,8 @@ def parse_arm(name: str) -> dict:
                 opts["budget"] = float(value)
             elif key == "recheck":
                 opts["recheck"] = int(value)
+            elif key == "consolidate":
+                opts["consolidate"] = int(value)
             elif token in ("corpus", "trained", "demo"):
                 opts[token] = True
             elif key == "live":
@@ -90,7 +94,7 @@ def parse_arm(name: str) -> dict:
                 raise ValueError
         except ValueError:
             raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
-                             "history=, steps=, shrinkage=, reg=, S=, layers=; gate, budget=, recheck=)") from None
+                             "history=, steps=, shrinkage=, reg=, S=, layers=; gate, budget=, recheck=, consolidate=)") from None
     if (opts["reg"] is not None or opts["S"] != 2 or opts["history"] or opts["layers"]) and not opts["trained"]:
         raise ValueError(f"arm {name!r}: reg=, S=, history= and layers= only apply to a trained arm")
     if opts["demo"] and editor_tokens != ["demo"]:
@@ -111,7 +115,7 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
     if arm["demo"]:
         return paths.editor_dir
     steps = arm["steps"] or max_steps or spec.editor_steps
-    ident = {k: v for k, v in arm.items() if k not in ("name", "steps", "gate", "budget", "recheck")}
+    ident = {k: v for k, v in arm.items() if k not in ("name", "steps", "gate", "budget", "recheck", "consolidate")}
     ident["steps"] = steps
     ident.update(seed=seed, training=TRAINING_VERSION, demo=json.loads(paths.stamp_json.read_text()).get("key"),
                  reference=[spec.editor_reg, spec.editor_l2_metric, spec.editor_locality_weight,
@@ -292,6 +296,8 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
         live: list = []
         latencies: list[float] = []
         statuses: dict[str, int] = {}
+        consolidations: list[dict] = []
+        since_consolidation = 0
         with server.client() as c:
             for start in range(0, len(requests), burst):
                 group = requests[start : start + burst]
@@ -314,6 +320,10 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
                     statuses[body["status"]] = statuses.get(body["status"], 0) + 1
                     if body["status"] == "applied":
                         live.append(r)
+                        since_consolidation += 1
+                if arm.get("consolidate") and since_consolidation >= arm["consolidate"]:
+                    consolidations.append(consolidate(c, len(live)))
+                    since_consolidation = 0
                 submitted = start + len(group)
                 if any(submitted >= cp > start for cp in checkpoints) or submitted == len(requests):
                     t1 = time.perf_counter()
@@ -324,11 +334,25 @@ def run_arm(arm: dict, editor_dir: Path, paths, requests, checkpoints, burst: in
                                  "latency_p99_s": percentile(latencies, 0.99),
                                  "score_s": round(time.perf_counter() - t1, 2), "statuses": dict(statuses),
                                  "drift": (c.get("/readyz").json().get("side_effects") or {}).get("share"),
+                                 "consolidations": list(consolidations),
                                  **{f"base_{k}": v for k, v in base_spec.items()},
                                  "mode": "production" if production else "embedded"})
                     print(json.dumps(rows[-1]), flush=True)
                     latencies = []
     return rows
+
+
+def consolidate(c, live_edits: int) -> dict:
+    """Ask the service to consolidate its live edits; wait for the verdict and time it."""
+    t0 = time.perf_counter()
+    r = c.post("/v1/versions/consolidate")
+    if r.status_code != 202:
+        return {"live_edits": live_edits, "status": f"refused {r.status_code}", "seconds": 0.0}
+    job_id = r.json()["job_id"]
+    while (job := c.get(f"/v1/jobs/{job_id}").json())["status"] in ("pending", "running"):
+        time.sleep(0.05)
+    return {"live_edits": live_edits, "status": job["status"], "error": job.get("error"),
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

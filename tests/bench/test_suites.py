@@ -319,14 +319,16 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_d
     out = tmp_path / "rows.json"
     lifelong_demo.main(["--size", "tiny", "--edits", "3", "--max-steps", "2", "--json", str(out),
                          "--arms", "demo", "stacking", "corpus live=1", "trained corpus live=1 history=4",
-                         "demo gate budget=0.5 recheck=4"])
+                         "demo gate budget=0.5 recheck=4", "demo consolidate=2"])
     rows = _load(out)
     assert isinstance(rows, list)
     assert [r["arm"] for r in rows] == ["demo", "stacking", "corpus live=1", "trained corpus live=1 history=4",
-                                        "demo gate budget=0.5 recheck=4"]
+                                        "demo gate budget=0.5 recheck=4", "demo consolidate=2"]
+    [attempt] = rows[-1]["consolidations"]  # after the 2nd applied edit (the 3rd makes it 1 since)
+    assert attempt["live_edits"] == 2 and attempt["status"] == "done" and attempt["seconds"] > 0
     assert rows[0]["drift"] is None  # no gate: nothing measured against the base
-    assert 0 <= rows[-1]["drift"] <= 0.5  # the gate's budget held
-    assert set(rows[-1]["statuses"]) <= {"applied", "rejected", "refused_capacity"}
+    assert 0 <= rows[-2]["drift"] <= 0.5  # the gate's budget held
+    assert set(rows[-2]["statuses"]) <= {"applied", "rejected", "refused_capacity"}
     for r in rows:
         assert {"arm", "live_edits", "es", "gs_anchor", "gs_unseen", "ls_other", "ls_same",
                 "latency_p50_s", "latency_p99_s", "spec_other", "spec_same", "base_spec_other"} <= set(r)
