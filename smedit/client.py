@@ -421,6 +421,11 @@ class Client(_Base):
         accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/versions/{version}/restore")))
         return self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id)
 
+    def consolidate(self, wait: bool = False, timeout: float = 300.0) -> Job:
+        """Queue a consolidation (admin): all live edits re-solved into one delta, if the gate passes it."""
+        accepted = JobAccepted.model_validate(self._send(_Req("POST", "/v1/versions/consolidate")))
+        return self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id)
+
     def approve(self, edit_id: int, wait: bool = False, timeout: float = 300.0) -> Job:
         """Review mode: apply a held edit (admin)."""
         accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/edits/{edit_id}/approve")))
@@ -576,6 +581,10 @@ class AsyncClient(_Base):
 
     async def restore(self, version: int, wait: bool = False, timeout: float = 300.0) -> Job:
         accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/versions/{version}/restore")))
+        return await (self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id))
+
+    async def consolidate(self, wait: bool = False, timeout: float = 300.0) -> Job:
+        accepted = JobAccepted.model_validate(await self._send(_Req("POST", "/v1/versions/consolidate")))
         return await (self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id))
 
     async def approve(self, edit_id: int, wait: bool = False, timeout: float = 300.0) -> Job:

@@ -199,6 +199,14 @@ def restore(
         _print(_call(lambda: c.restore(version, wait=wait, timeout=WAIT_TIMEOUT)))
 
 
+@client_app.command("consolidate")
+def consolidate(wait: bool = WAIT, url: str = URL, key: Optional[str] = KEY) -> None:
+    """Consolidate (admin): every live edit re-solved together into one delta, committed only if
+    the gate passes it as a whole; the job fails with the verdict otherwise."""
+    with _client(url, key) as c:
+        _print(_call(lambda: c.consolidate(wait=wait, timeout=WAIT_TIMEOUT)))
+
+
 @client_app.command("generate")
 def generate(
     prompt: str = typer.Argument(...),

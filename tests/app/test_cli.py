@@ -64,6 +64,12 @@ def test_serve_process_and_client_verbs(tiny_model_dir: Path, tmp_path: Path) ->
         assert '"result_version": 2' in run(client_cmds.revert, "1", "--wait")
         assert '"result_version": 3' in run(client_cmds.restore, "1", "--wait")
         assert "(live)" in run(client_cmds.history, "--versions")
+        out = run(client_cmds.edit, "Water boils at", "ten", "--wait")
+        out = run(client_cmds.edit, "The sky is", "red", "--supersedes", "1", "--wait")
+        assert '"supersedes": 1' in out
+        assert '"result_version": 6' in run(client_cmds.consolidate, "--wait")  # deltas of 4 and 5: one
+        bad = runner.invoke(_single(client_cmds.consolidate), [], env=cli_env)
+        assert bad.exit_code == 1 and "409" in bad.output  # one delta left: nothing to consolidate
         bad = runner.invoke(_single(client_cmds.revert), ["99"], env=cli_env)
         assert bad.exit_code == 1 and "404" in bad.output
     finally:
