@@ -198,8 +198,7 @@ class EditBatches:
             if refusal is None and self.settings.gate_enabled:
                 r = self.gate.measure_group(ids, requests, set(), active, live, under=[], replaced=ids)
                 if r.split or r.failures:  # the committed state is back (measure_group)
-                    verdicts = sorted({f for fails in r.failures.values() for f in fails})
-                    refusal = "the consolidated delta fails the gate: " + "; ".join(verdicts[:5] or ["batch checks"])
+                    refusal = "the consolidated delta fails the gate: " + _verdict(r)
                 else:
                     delta, compute_s, measures, side_effects = r.delta, r.compute_s, r.measures, r.side_effects
             elif refusal is None:
@@ -231,3 +230,11 @@ class EditBatches:
             side_effects = self.gate.state_side_effects(tuple(i for i, _ in active), live)
             with session_scope(self.sessions) as s:
                 repo.record_side_effects(s, number, side_effects)
+
+
+def _verdict(r: GateRound) -> str:
+    """A consolidation's gate failures in one line: how many edits fail, the first few with why."""
+    if not r.failures:
+        return "the batch checks (canaries, budget)"
+    first = [f"edit {eid}: {'; '.join(fails)}" for eid, fails in sorted(r.failures.items())[:3]]
+    return f"{len(r.failures)} of {len(r.measures)} live edits fail their checks ({' | '.join(first)})"
