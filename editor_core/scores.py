@@ -12,6 +12,7 @@ All functions measure the model as it currently is; callers apply and revert del
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -326,6 +327,30 @@ def gate_scores(
     return scores, kept
 
 
+_PLAIN_HEAD: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _plain_head(model: nn.Module) -> bool:
+    """Whether the logits are the output embeddings applied to the body's last hidden state
+    (GPT-2, Llama, ...; not BERT's transform-then-decode head), checked once per model on a
+    short input: only then may the head run on a subset of positions."""
+    if model in _PLAIN_HEAD:
+        return _PLAIN_HEAD[model]
+    body, head = getattr(model, "base_model", model), model.get_output_embeddings()
+    plain = False
+    if body is not model and head is not None:
+        ids = torch.arange(1, 6, device=_device(model)).unsqueeze(0) % max(1, head.weight.shape[0])
+        try:
+            full = model(input_ids=ids).logits
+            split = head(body(input_ids=ids).last_hidden_state)
+            plain = full.shape == split.shape and torch.allclose(full, split, rtol=1e-4, atol=1e-5)
+        except (AttributeError, TypeError):
+            plain = False
+    _PLAIN_HEAD[model] = plain
+    return plain
+
+
 def _answer_hits(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[tuple[list[int], int]], batch_size: int
 ) -> list[torch.Tensor]:
@@ -333,13 +358,13 @@ def _answer_hits(
 
     The output head runs only at the answer positions (a few per row, of a vocabulary-wide
     matrix product at every position otherwise): the body's last hidden states, then the head on
-    the positions asked for. Models whose head is not a plain map of the last hidden state
-    (no ``base_model`` / output embeddings) get full logits. An empty answer (a canary whose
-    reference is empty) counts as kept: ``all()`` of nothing."""
+    the positions asked for. Only where that is what the model computes (:func:`_plain_head`);
+    other models get full logits. An empty answer (a canary whose reference is empty) counts as
+    kept: ``all()`` of nothing."""
     device = _device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     body, head = getattr(model, "base_model", model), model.get_output_embeddings()
-    split = body is not model and head is not None
+    split = _plain_head(model)
     out: list[torch.Tensor] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]

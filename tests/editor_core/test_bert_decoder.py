@@ -73,6 +73,9 @@ def test_greedy_decoding_with_the_cache_matches_full_forward_passes(wordpiece):
             with torch.no_grad():
                 ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
         assert tokens == ids[-len(tokens):][: len(tokens)]
+    from editor_core.scores import _plain_head
+
+    assert not _plain_head(model)  # BERT's head transforms before it decodes: full logits
     assert greedy_keeps(model, wordpiece, prompts, got) == [True, True]
     assert all(isinstance(a, str) for a in greedy_answers(model, wordpiece, prompts, 3))
 

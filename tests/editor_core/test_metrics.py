@@ -73,6 +73,9 @@ def test_gate_scores_in_one_pass_equal_the_separate_measures(tokenizer, family):
         EditRequest(PROMPTS[0], own[0] + " Lyon"),
         EditRequest(PROMPTS[1], "90 degrees Celsius", paraphrases=(PROMPTS[1],)),
     ]
+    from editor_core.scores import _plain_head
+
+    assert _plain_head(model)  # the head runs at the answer positions only: compared with full logits below
     verdicts, hit_rates = [], []
     for scale in (0.0, 1e-3, 0.3):
         with torch.no_grad():
