@@ -86,6 +86,8 @@ def _warnings(svc: ServicesDep, side_effects: dict | None) -> list[str]:
     return out
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text exposition format", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
 def metrics(svc: ServicesDep) -> Response:
+    """Prometheus metrics of this process (text format; see docs/operations.md)."""
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)

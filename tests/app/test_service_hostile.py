@@ -72,3 +72,11 @@ def test_concurrent_reverts_and_restores_accept_exactly_one(server_factory, db_u
     again = c.post("/v1/versions/1/restore")
     assert again.status_code == 409 and "already live" in again.text
     assert c.post("/v1/versions/2/restore").status_code == 202  # another state: accepted
+
+
+def test_openapi_declares_metrics_as_text_and_id_bounds(server) -> None:
+    spec = server.client().get("/openapi.json").json()
+    content = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/plain"]
+    [param] = [p for p in spec["paths"]["/v1/edits/{edit_id}"]["get"]["parameters"] if p["name"] == "edit_id"]
+    assert param["schema"]["minimum"] == 1 and param["schema"]["maximum"] == 2**31 - 1
