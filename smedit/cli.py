@@ -16,6 +16,21 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from smedit import __version__
+
+        typer.echo(f"smedit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """smedit: edit what a language model knows, keep a history, undo any change."""
+
 # The library.
 app.command("train-editor")(core.train_editor)
 app.command("protect")(core.protect)
@@ -28,8 +43,9 @@ app.add_typer(bench_app, name="bench")
 app.command("serve")(serve)
 app.command("worker")(worker)
 app.add_typer(cluster.cluster_app, name="cluster")
-for _name in ("edit", "bulk", "history", "revert", "restore", "generate", "probe"):
+for _name in ("edit", "bulk", "history", "revert", "restore", "consolidate", "approve", "reject", "generate", "probe"):
     app.command(_name)(getattr(client_cmds, _name))
+app.add_typer(client_cmds.keys_app, name="keys")
 
 
 if __name__ == "__main__":

@@ -201,10 +201,58 @@ def restore(
 
 @client_app.command("consolidate")
 def consolidate(wait: bool = WAIT, url: str = URL, key: Optional[str] = KEY) -> None:
-    """Consolidate (admin): every live edit re-solved together into one delta, committed only if
-    the gate passes it as a whole; the job fails with the verdict otherwise."""
+    """Consolidate (admin): all live edits re-solved into one delta, committed if the gate passes it."""
     with _client(url, key) as c:
         _print(_call(lambda: c.consolidate(wait=wait, timeout=WAIT_TIMEOUT)))
+
+
+@client_app.command("approve")
+def approve(
+    edit_id: int = typer.Argument(..., help="A needs_review edit."),
+    wait: bool = WAIT, url: str = URL, key: Optional[str] = KEY,
+) -> None:
+    """Review mode (admin): apply an edit the gate held back (recomputed now, gate waived)."""
+    with _client(url, key) as c:
+        _print(_call(lambda: c.approve(edit_id, wait=wait, timeout=WAIT_TIMEOUT)))
+
+
+@client_app.command("reject")
+def reject(
+    edit_id: int = typer.Argument(..., help="A needs_review edit."),
+    note: Optional[str] = typer.Option(None, "--note", help="Why (kept with the edit)."),
+    url: str = URL, key: Optional[str] = KEY,
+) -> None:
+    """Review mode (admin): reject a held edit for good."""
+    with _client(url, key) as c:
+        _print(_call(lambda: c.reject(edit_id, note)))
+
+
+keys_app = typer.Typer(help="API keys (admin): list, create, revoke.", no_args_is_help=True)
+
+
+@keys_app.command("list")
+def keys_list(url: str = URL, key: Optional[str] = KEY) -> None:
+    """Every key: id, name, scopes, created, revoked (never the token)."""
+    with _client(url, key) as c:
+        _print(_call(c.list_keys))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what uses the key."),
+    scope: List[str] = typer.Option(["read"], "--scope", "-s", help="read, edit or admin (repeatable)."),
+    url: str = URL, key: Optional[str] = KEY,
+) -> None:
+    """Create a key; its token is printed once (only its hash is stored)."""
+    with _client(url, key) as c:
+        _print(_call(lambda: c.create_key(name, scope)))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int = typer.Argument(...), url: str = URL, key: Optional[str] = KEY) -> None:
+    """Revoke a key (kept in the list with its revocation time)."""
+    with _client(url, key) as c:
+        _print(_call(lambda: c.revoke_key(key_id)))
 
 
 @client_app.command("generate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -143,3 +144,32 @@ def test_client_verbs_name_an_unreachable_server_instead_of_a_traceback() -> Non
     with pytest.raises(APIConnectionError, match="cannot reach") as info, Client(f"http://127.0.0.1:{port}") as c:
         c.list_edits()
     assert info.value.status_code is None and isinstance(info.value.__cause__, httpx.TransportError)
+
+
+def test_cli_version_keys_and_review_verbs(server_factory) -> None:
+    from smedit.cli import app
+
+    srv = server_factory(gate_min_es=1.01, review_mode=True)  # every edit is held for review
+    runner = CliRunner()
+    env = {"SMEDIT_URL": srv.url, "SMEDIT_API_KEY": ADMIN_KEY}
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("smedit 0.")
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    created = json.loads(ok("keys", "create", "dashboard", "--scope", "read"))
+    assert created["key"] and created["scopes"] == ["read"]
+    assert "dashboard" in ok("keys", "list") and created["key"] not in ok("keys", "list")
+    assert json.loads(ok("keys", "revoke", str(created["id"])))["revoked_at"] is not None
+
+    held = json.loads(ok("edit", "The sky is", "green", "--wait"))
+    assert held[0]["status"] == "needs_review"
+    assert json.loads(ok("approve", str(held[0]["id"]), "--wait"))["status"] == "done"
+    held = json.loads(ok("edit", "Water boils at", "ten", "--wait"))
+    rejected = json.loads(ok("reject", str(held[0]["id"]), "--note", "wrong fact"))
+    assert rejected["status"] == "rejected"
+    again = runner.invoke(app, ["reject", str(held[0]["id"])], env=env)
+    assert again.exit_code == 1 and "409" in again.output
