@@ -9,6 +9,7 @@ that no request ever sees a version that is not (yet) committed.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -68,6 +69,7 @@ class ModelRuntime:
         self.base_hash: str = self.state.weights_hash()
         self.live_hash: str | None = self.base_hash
         self.active_ids: list[int] = []
+        self._submit_tokenizer, self._submit_lock = copy.deepcopy(self.tokenizer), threading.Lock()
         self.rows = RowTokens(lambda p: prompt_ids(self.tokenizer, p), lambda p, t: split_pair(self.tokenizer, p, t))
         config = self.model.config
         self.context: int | None = getattr(config, "n_positions", None) or getattr(
@@ -338,10 +340,13 @@ class ModelRuntime:
             return len(prompt_ids(self.tokenizer, prompt))
 
     def pair_tokens(self, prompt: str, answer: str) -> int:
-        """How many positions ``prompt`` followed by ``answer`` takes (an edit's row, BOS included)."""
-        with self.lock:
-            p, a = split_pair(self.tokenizer, prompt, answer)
-            return len(leading_ids(self.tokenizer)) + len(p) + len(a)
+        """How many positions ``prompt`` followed by ``answer`` takes (an edit's row, BOS included).
+
+        On the submit path: a copy of the tokenizer with its own lock, so a submission never
+        waits for the model lock the worker holds while it computes and commits."""
+        with self._submit_lock:
+            p, a = split_pair(self._submit_tokenizer, prompt, answer)
+            return len(leading_ids(self._submit_tokenizer)) + len(p) + len(a)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of generated token ids as ``generate`` returns it (special tokens dropped), so a

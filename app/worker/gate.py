@@ -90,7 +90,8 @@ class Gate:
         failed, for their own numbers or the batch's."""
         key = tuple(i for i, _ in active)
         committed = [d for _, d in active]
-        live = [x for x in live if x.id not in set(replaced)]
+        gone = set(replaced)
+        live = [x for x in live if x.id not in gone]
         before = self.committed_changed(key, live)
         reqs = [requests[e] for e in candidates]
         base = list(under) if under is not None else committed
