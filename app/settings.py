@@ -96,6 +96,10 @@ class Settings(BaseSettings):
         0.02, description="most share of canaries whose answer may differ from the base model's, all live edits "
         "together; once no canary is left to spend, new edits get 409 capacity (1 = no budget)",
     )
+    consolidate_when_spent: bool = Field(
+        False, description="queue a consolidation when an edit spends the side-effect budget (measure it with "
+        "bench.lifelong consolidate=K first: on the demo it does not help)",
+    )
     gate_recheck_edits: int = Field(
         32, ge=0, description="live edits re-checked by every gate pass (half the latest, half sampled); an edit "
         "that breaks one's prompt or paraphrase is rejected naming it",

@@ -5,7 +5,7 @@
 
 The embedded service (uvicorn in a thread, SQLite, in-process queue: the worker's own code path;
 ``--production``: a worker process on Redis + PostgreSQL and an API replica in this process) receives ``--edits`` demo-world edits, one POST per fact, ``--burst`` at a time (1: each waits
-until the previous is applied). At each checkpoint (25, 50, 100, 200, 500, 1000 live edits, as far
+until the previous is applied). At each checkpoint (10, 25, 50, 100, 200, 500, 1000 live edits, as far
 as ``--edits`` goes) the live weights are scored on **all** live edits (ES, GS anchor, GS unseen:
 teacher-forced token accuracy, as the papers) and on locality probes of facts that no edit of the
 run touches (LS other / LS same: share of answer tokens whose argmax is the **base** model's;
@@ -24,7 +24,8 @@ weight μ); ``shrinkage=s`` (the key moment's identity share); untrained arms st
 the demo's); batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
-eval entities. Choose arms and their settings on dev; report test. The gate is off (the curve is
+eval entities, ``train`` the editor's own training edits (many more of them: for latency and the
+service's mechanics at 1,000 live edits, not for quality). Choose arms and their settings on dev; report test. The gate is off (the curve is
 the editor's capacity; ``--gate`` turns the service's default gate on for every arm and counts
 rejections). Service options of an arm: ``gate`` (the default gate: greedy ES/GS, canaries
 against the base model, the side-effect budget, re-checks of live edits), ``budget=b`` and
@@ -53,7 +54,7 @@ from pathlib import Path
 
 from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 
-CHECKPOINTS = (25, 50, 100, 200, 500, 1000)
+CHECKPOINTS = (10, 25, 50, 100, 200, 500, 1000)
 QUICK_CHECKPOINTS = (8, 16, 32)
 METRICS = ["es", "gs_anchor", "gs_unseen", "ls_other", "ls_same", "spec_other", "spec_same"]
 DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
@@ -158,6 +159,10 @@ def edits_for(world, spec, split: str, seed: int, n: int):
 
     if split == "dev":
         requests = editor_requests(world, spec, seed)[1]
+    elif split == "train":  # the editor's own training edits: enough of them for latency at 1,000
+        requests = editor_requests(world, spec, seed)[0]
+        print("note: --split train edits the facts the editor was meta-trained on: a latency and "
+              "capacity-mechanics run, its quality numbers are not a result")
     else:
         requests = world.edit_requests("eval", seed=seed)
     if n > len(requests):
@@ -391,7 +396,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--edits", type=int, default=200, help="edits submitted (the last checkpoint)")
     parser.add_argument("--burst", type=int, default=1, help="edits in flight at once (1: one at a time)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--split", choices=["dev", "test"], default="test", help="dev: choose settings; test: report")
+    parser.add_argument("--split", choices=["dev", "test", "train"], default="test",
+                        help="dev: choose settings; test: report; train: latency at many live edits only")
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="editor arms (see the module doc)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="meta-training steps of trained arms (default: the demo spec's editor_steps; steps= per arm)")

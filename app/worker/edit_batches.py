@@ -8,8 +8,11 @@ holds the writer lock; everything here runs under the runtime's exclusive lock.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
@@ -17,17 +20,20 @@ from app.db import session_scope
 from app.metrics import Metrics
 from app.runtime import Delta, EditRequest, ModelRuntime, make_request
 from app.settings import Settings
-from app.status import EditStatus, JobStatus
+from app.status import EditStatus, JobKind, JobStatus
 from app.tables import utcnow
 from app.worker.gate import Gate, GateRound, LiveEdit
 from app.worker.replay import ActiveDeltas, DeltaCache, current_state
 from app.worker.transactions import EditOutcome, Replacement, Transactions
+
+log = logging.getLogger("app.worker")
 
 
 class EditBatches:
     def __init__(
         self, settings: Settings, sessions: sessionmaker[Session], runtime: ModelRuntime, cache: DeltaCache,
         gate: Gate, transactions: Transactions, metrics: Metrics,
+        enqueue: Callable[[list[int]], object] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -36,6 +42,7 @@ class EditBatches:
         self.gate = gate
         self.transactions = transactions
         self.metrics = metrics
+        self.enqueue = enqueue or (lambda job_ids: None)
 
     def process(self, job_ids: list[int]) -> None:
         """Claim the jobs' edits, compute and gate them, commit what passes.
@@ -135,6 +142,7 @@ class EditBatches:
         self.transactions.commit_edits(base_version, active, outcome, jobs, replace)
         if r.good:  # the last gate round measured exactly the committed state
             self.gate.advance()
+            self._consolidate_if_spent(side_effects)
 
     def _supersede(
         self, eid: int, requests: dict[int, EditRequest], approved: set[int], wanted: int | None,
@@ -177,6 +185,25 @@ class EditBatches:
             return
         r = self.gate.measure_group([eid], requests, approved, active, live, under=under, replaced=[replace.old_id])
         self._commit_round(r, [eid], requests, active, live, base_version, jobs, replace)
+
+    def _consolidate_if_spent(self, side_effects: dict | None) -> None:
+        """With ``consolidate_when_spent``: the commit that spent the budget queues a consolidation
+        (once per state: the database refuses a second one)."""
+        if not self.settings.consolidate_when_spent:
+            return
+        if not repo.budget_is_spent(side_effects, self.settings.side_effect_budget):
+            return
+        try:
+            with session_scope(self.sessions) as s:
+                latest = repo.latest_version(s)
+                if latest is None or len(latest.active_deltas) < 2:
+                    return
+                job_id = repo.create_job(s, JobKind.CONSOLIDATE, "worker: side-effect budget spent",
+                                         basis=latest.number).id
+        except IntegrityError:
+            return
+        self.enqueue([job_id])
+        log.info("side-effect budget spent: consolidation queued", extra={"job": job_id})
 
     def consolidate(self, job_id: int) -> None:
         """Re-solve every live edit together, from the base weights, into one delta. It is gated

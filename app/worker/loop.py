@@ -63,7 +63,8 @@ class Worker:
         metrics.side_effect_budget.set(settings.side_effect_budget)
         self.transactions = Transactions(settings, sessions, runtime, self.cache, metrics,
                                          announce or (lambda version: None))
-        self.edits = EditBatches(settings, sessions, runtime, self.cache, self.gate, self.transactions, metrics)
+        self.edits = EditBatches(settings, sessions, runtime, self.cache, self.gate, self.transactions, metrics,
+                                 enqueue=queue.put_many)
         self.process_edits = self.edits.process
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.lock = WriterLock(sessions, settings.leader_check_interval_s, self.worker_id)

@@ -123,6 +123,32 @@ def test_side_effect_budget_is_spent_then_edits_get_409_capacity(tiny_demo, tmp_
         srv.stop()
 
 
+def test_the_commit_that_spends_the_budget_queues_a_consolidation(tiny_demo, tmp_path: Path) -> None:
+    from app.status import JobKind
+    from app.tables import Job
+
+    srv = start_server(_demo_settings(tiny_demo, tmp_path / "data", side_effect_budget=0.05, gate_recheck_edits=0,
+                                      consolidate_when_spent=True))
+    try:
+        c = srv.client()
+        for r in tiny_demo.load_world().edit_requests("eval", seed=2)[:40]:
+            resp = c.post("/v1/edits", json={"prompt": r.prompt, "target": r.target, "paraphrases": list(r.paraphrases)})
+            if resp.status_code == 409:
+                break
+            wait_edit(c, resp.json()["edit_ids"][0], timeout=120)
+        assert resp.status_code == 409, "the budget was never spent"
+        with srv.services.sessions() as s:
+            jobs = s.query(Job).filter(Job.kind == JobKind.CONSOLIDATE).all()
+            assert len(jobs) == 1 and jobs[0].requested_by == "worker: side-effect budget spent"
+            job_id = jobs[0].id
+        job = wait_job(c, job_id)
+        assert job["status"] in ("done", "failed"), job  # decided: committed, or refused by the gate
+        if job["status"] == "failed":
+            assert job["error"].startswith("not committed:")
+    finally:
+        srv.stop()
+
+
 def test_a_new_target_supersedes_the_live_one_and_revert_brings_it_back(server_factory, db_url: str) -> None:
     """Same prompt again: the old edit is marked superseded (linked both ways) and its delta is
     dropped, while the other edit of that delta stays applied (recomputed); reverting the new
