@@ -237,6 +237,16 @@ def live_edits(session: Session, delta_ids: Sequence[int]) -> list[Edit]:
     return list(session.scalars(query.order_by(Edit.id)))
 
 
+def live_edit_facts(session: Session, delta_ids: Sequence[int]) -> list[tuple[int, str, str, list[str]]]:
+    """(id, prompt, target, paraphrases) of the live edits, oldest first: the columns the gate
+    reads on every edit, without the rest of the rows (their metrics JSON grows with history)."""
+    if not delta_ids:
+        return []
+    query = select(Edit.id, Edit.prompt, Edit.target, Edit.paraphrases).where(
+        Edit.status == EditStatus.APPLIED, Edit.delta_id.in_(list(delta_ids)))
+    return [(int(i), p, t, list(ps or [])) for i, p, t, ps in session.execute(query.order_by(Edit.id))]
+
+
 def live_edit_for_prompt(session: Session, prompt: str, delta_ids: Sequence[int]) -> Edit | None:
     """The latest live edit of exactly this prompt (surrounding whitespace ignored), if any."""
     if not delta_ids:

@@ -68,7 +68,7 @@ class EditBatches:
             live_prompts: set[str] = set()
             if todo:  # only this worker creates versions: the latest cannot move before the commit
                 _, active = current_state(s, self.cache)
-                live_prompts = {e.prompt.strip() for e in repo.live_edits(s, [i for i, _ in active])}
+                live_prompts = {p.strip() for _, p, _, _ in repo.live_edit_facts(s, [i for i, _ in active])}
         if not todo:
             return
         for _ in todo:
@@ -86,12 +86,14 @@ class EditBatches:
             for eid in replacing:
                 self._supersede(eid, requests, approved, wanted[eid], todo)
 
-    def committed_state(self) -> tuple[int, ActiveDeltas, list[LiveEdit]]:
-        """The latest version, its active deltas, and its live edits (what the gate re-checks)."""
+    def committed_state(self, with_live: bool | None = None) -> tuple[int, ActiveDeltas, list[LiveEdit]]:
+        """The latest version, its active deltas, and its live edits (what the gate re-checks;
+        by default read only when the gate is on)."""
+        with_live = self.settings.gate_enabled if with_live is None else with_live
         with session_scope(self.sessions) as s:
             base_version, active = current_state(s, self.cache)
-            live = [LiveEdit(e.id, make_request(e.prompt, e.target, e.paraphrases))
-                    for e in repo.live_edits(s, [i for i, _ in active])]
+            facts = repo.live_edit_facts(s, [i for i, _ in active]) if with_live else []
+            live = [LiveEdit(i, make_request(p, t, ps)) for i, p, t, ps in facts]
         return base_version, active, live
 
     def _compute(self, edit_ids: list[int], requests: dict[int, EditRequest]) -> tuple[Delta, float]:
@@ -217,7 +219,7 @@ class EditBatches:
                     return
                 job.status, job.started_at = JobStatus.RUNNING, utcnow()
                 requested_by = job.requested_by
-            base_version, active, live = self.committed_state()
+            base_version, active, live = self.committed_state(with_live=True)
             ids = [x.id for x in live]
             requests = {x.id: x.request for x in live}
             refusal = "fewer than two live deltas: nothing to consolidate" if len(active) < 2 else None
