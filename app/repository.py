@@ -385,20 +385,6 @@ def record_side_effects(session: Session, number: int, side_effects: dict[str, A
         row.side_effects = side_effects
 
 
-def budget_spent(session: Session, budget: float) -> dict[str, Any] | None:
-    """The latest version's side effects when no canary is left to spend under ``budget`` (one
-    more changed canary would exceed it), else None. A version not measured (yet) spends nothing."""
-    latest = latest_version(session)
-    measured = latest.side_effects if latest is not None else None
-    return measured if budget_is_spent(measured, budget) else None
-
-
-def budget_is_spent(side_effects: dict[str, Any] | None, budget: float) -> bool:
-    if not side_effects or not side_effects.get("total") or budget >= 1:
-        return False
-    return bool(side_effects["changed"] + 1 > budget * side_effects["total"])
-
-
 def record_weights_hash(session: Session, number: int, weights_hash: str) -> bool:
     """Store the hash of a version committed without one (see ``Worker._record_hash``); a hash
     already there is kept. Returns whether a row was filled."""

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
 from app.api.deps import Offset, RowId, ServicesDep, edit_out, enqueue, job_out, require_queue
+from app.budget import budget_spent
 from app.auth import Principal, require
 from app.db import session_scope
 from app.status import EditStatus, JobKind
@@ -67,7 +68,7 @@ def _check_state(svc: ServicesDep, body: EditSubmission) -> None:
                     "message": f"edit {old.id} is {old.status}; only an applied edit can be superseded"})
         if errors:
             raise RequestValidationError(errors)
-        spent = repo.budget_spent(s, svc.settings.side_effect_budget) if svc.settings.gate_enabled else None
+        spent = budget_spent(s, svc.settings.side_effect_budget) if svc.settings.gate_enabled else None
     if spent is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, {
             "reason": "capacity",

@@ -75,7 +75,7 @@ def readyz(svc: ServicesDep) -> JSONResponse:
 
 
 def _warnings(svc: ServicesDep, side_effects: dict | None) -> list[str]:
-    from app.repository import budget_is_spent
+    from app.budget import budget_is_spent
 
     budget = svc.settings.side_effect_budget
     out = []

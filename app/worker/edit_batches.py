@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
+from app.budget import budget_is_spent
 from app.db import session_scope
 from app.metrics import Metrics
 from app.runtime import Delta, EditRequest, ModelRuntime, make_request
@@ -193,7 +194,7 @@ class EditBatches:
         (once per state: the database refuses a second one)."""
         if not self.settings.consolidate_when_spent:
             return
-        if not repo.budget_is_spent(side_effects, self.settings.side_effect_budget):
+        if not budget_is_spent(side_effects, self.settings.side_effect_budget):
             return
         try:
             with session_scope(self.sessions) as s:
