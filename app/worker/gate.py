@@ -76,6 +76,8 @@ class Gate:
         self._committed: tuple[tuple[int, ...], frozenset[int]] | None = None
         self._rows: tuple[tuple[int, ...], dict[int, list[bool]]] = ((), {})
         self._last: _Candidate | None = None
+        self._commits = 0  # commits this process made: moves the re-check window over the older edits
+        self._window_start = random.Random("recheck").randrange(1 << 30)
 
     # ---- one round --------------------------------------------------------------------------
     def measure_group(
@@ -173,6 +175,7 @@ class Gate:
         if self._last is None:
             return
         key = tuple(self.runtime.active_ids)
+        self._commits += 1
         self._committed = (key, self._last.changed)
         self._rows = (key, dict(self._last.rows))
         self.metrics.side_effects.set(self._last.side_effects["share"])
@@ -225,15 +228,19 @@ class Gate:
 
     # ---- live edits -------------------------------------------------------------------------
     def recheck_sample(self, live: Sequence[LiveEdit], key: tuple[int, ...]) -> list[LiveEdit]:
-        """Up to ``gate_recheck_edits`` live edits: the latest half (measured at every commit,
-        so their state is always known) and a sample of the older ones, drawn per state."""
+        """Up to ``gate_recheck_edits`` live edits: the latest half, and a window over the older
+        ones that moves on by a few edits per commit (from a random start), so every old edit
+        comes round. Both were measured by the pass that committed the current state, except
+        the few the window just reached: only a failure of one of those needs the confirmation
+        pass on the committed model (:meth:`_broken`)."""
         k = self.settings.gate_recheck_edits
         if len(live) <= k:
             return list(live)
         recent = list(live[len(live) - (k - k // 2):])
         older = list(live[: len(live) - len(recent)])
-        rng = random.Random(f"recheck/{len(key)}/{key[-1] if key else 0}")
-        return sorted(rng.sample(older, k // 2), key=lambda x: x.id) + recent
+        size = min(k // 2, len(older))
+        start = self._window_start + self._commits * max(1, k // 16)
+        return [older[(start + i) % len(older)] for i in range(size)] + recent
 
     def _rows_of(self, m: EditMeasure) -> list[bool]:
         return list(m.rows_first if self.settings.gate_match == "first_token" else m.rows_exact)
