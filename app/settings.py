@@ -101,7 +101,8 @@ class Settings(BaseSettings):
         "bench.lifelong consolidate=K first: on the demo it does not help)",
     )
     gate_recheck_edits: int = Field(
-        32, ge=0, description="live edits re-checked by every gate pass (half the latest, half sampled); an edit "
+        32, ge=0, description="live edits re-checked by every gate pass (half the latest, half a moving window "
+        "over the older ones); an edit "
         "that breaks one's prompt or paraphrase is rejected naming it",
     )
     review_mode: bool = Field(False, description="failed edits become needs_review instead of rejected")
