@@ -17,8 +17,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
-from app.api import edits, health, inference, keys, openai, versions
+from app import console
+from app.api import edits, health, inference, keys, kpis, openai, versions
 from app.auth import bootstrap_admin_key
 from app.db import upgrade_to_head
 from app.errors import install_dependency_handlers
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             services.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served from the package, not a CDN
         title="smedit",
         version="1",
         description="Edit facts in a language model, keep every change in a history, undo any of them.",
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(inference.router)
         app.include_router(keys.router)
         app.include_router(openai.router)
+        app.include_router(kpis.router)
+        console.mount(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     return app
 

@@ -118,11 +118,11 @@ def create_edits(
 
 def create_job(
     session: Session, kind: str, requested_by: str | None, edit_id: int | None = None, target_version: int | None = None,
-    basis: int | None = None,
+    basis: int | None = None, reason: str | None = None,
 ) -> Job:
     job = Job(
         kind=kind, status=JobStatus.PENDING, edit_id=edit_id, target_version=target_version, basis=basis,
-        requested_by=requested_by, created_at=utcnow(),
+        requested_by=requested_by, reason=reason, created_at=utcnow(),
     )
     session.add(job)
     session.flush()

@@ -40,14 +40,10 @@ __all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "ModelRunt
 class ModelRuntime:
     """Base model + editor + weight state, with a live version number that waiters can block on."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        editor_dir: str | Path | None = None,
-        device: str = "auto",
-        dtype: str | None = None,
-    ) -> None:
+    def __init__(self, model_dir: str | Path, editor_dir: str | Path | None = None, device: str = "auto",
+                 dtype: str | None = None, name: str | None = None) -> None:
         self.model_dir = Path(model_dir)
+        self.name = name or self.model_dir.name or "smedit"
         self.editor_dir = Path(editor_dir) if editor_dir else None
         t0 = time.perf_counter()
         self.model, self.tokenizer = load_model(self.model_dir, device=device, dtype=dtype)
@@ -331,8 +327,8 @@ class ModelRuntime:
     # ---- prompt and text helpers for serving layers (the OpenAI-compatible API) -----------
     @property
     def model_id(self) -> str:
-        """The name clients see for the one served model: its directory's name."""
-        return self.model_dir.name or "smedit"
+        """The name clients see for the one served model (``Settings.served_model_name``)."""
+        return self.name
 
     def count_prompt_tokens(self, prompt: str) -> int:
         """How many tokens ``generate`` feeds the model for ``prompt`` (usage, context room)."""

@@ -148,6 +148,7 @@ class JobOut(BaseModel):
     edit_id: int | None
     target_version: int | None
     requested_by: str | None
+    reason: str | None = None
     created_at: datetime
     finished_at: datetime | None
     result_version: int | None
@@ -161,6 +162,12 @@ class JobAccepted(BaseModel):
 
 class ReviewIn(_In):
     note: Text | None = None
+
+
+class ActionIn(_In):
+    """Why a revert or restore is asked for: kept on the job and in the new version's note."""
+
+    reason: Text | None = None
 
 
 # ---- versions -----------------------------------------------------------------------------
@@ -240,6 +247,12 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
 
 
+class KeyWhoAmI(BaseModel):
+    id: int
+    name: str
+    scopes: list[str] = Field(description="read, edit, admin (admin implies every scope)")
+
+
 class KeyCreated(KeyOut):
     key: str = Field(description="the token; shown only now, stored hashed")
 
@@ -264,3 +277,29 @@ class Ready(BaseModel):
     )
     warnings: list[str] = Field(default_factory=list, description="conditions that need an operator, e.g. "
                                 "the side-effect budget is spent (ready stays true: the service still serves)")
+
+
+# ---- KPI trends ---------------------------------------------------------------------------
+class KpiBucketOut(BaseModel):
+    """One time bucket of :func:`app.kpis.kpi_series` (``None`` where nothing was measured)."""
+
+    start: datetime
+    end: datetime
+    decided: int = Field(description="edits decided in the bucket (applied, rejected, held, failed, ...)")
+    statuses: dict[str, int] = Field(description="those edits by their status now")
+    accept_rate: float | None = Field(description="share of decided edits that passed the gate")
+    edit_success: float | None = Field(description="mean edit success (ES) the gate measured")
+    generalisation: float | None = Field(description="mean generalisation (GS) over paraphrases")
+    side_effects: float | None = Field(description="mean share of canaries an edit's batch changed")
+    side_effects_vs_base: float | None = Field(
+        description="share of canaries whose answer differs from the base model, at the bucket's last measured version")
+    cost_s_per_edit: float | None = Field(description="compute seconds per edit (batch compute / batch size)")
+    latency_p50_s: float | None = Field(description="median seconds from submission to decision")
+    latency_p95_s: float | None
+
+
+class KpiSeriesOut(BaseModel):
+    bucket: str
+    since: datetime
+    until: datetime
+    buckets: list[KpiBucketOut]

@@ -42,6 +42,7 @@ class ResolvedModel:
     model_dir: Path
     editor_dir: Path | None
     canary_file: Path | None = None
+    name: str | None = None  # what clients see as the model (OpenAI ``model``); none = the directory's name
 
 
 def resolve_model(settings: Settings, build: bool = True) -> ResolvedModel:
@@ -49,7 +50,8 @@ def resolve_model(settings: Settings, build: bool = True) -> ResolvedModel:
 
     The demo's canary file is used only when no canaries are configured."""
     if settings.model_dir is not None:
-        return ResolvedModel(Path(settings.model_dir), Path(settings.editor_dir) if settings.editor_dir else None)
+        return ResolvedModel(Path(settings.model_dir), Path(settings.editor_dir) if settings.editor_dir else None,
+                             name=settings.served_model_name or Path(settings.model_dir).name)
     from demo_world.build import build_demo, demo_paths
 
     data_dir = Path(settings.data_dir)
@@ -57,7 +59,8 @@ def resolve_model(settings: Settings, build: bool = True) -> ResolvedModel:
         data_dir, settings.demo_size)
     editor = Path(settings.editor_dir) if settings.editor_dir else (paths.editor_dir if paths.editor_dir.is_dir() else None)
     canaries = paths.canary_file if paths.canary_file.is_file() else None
-    return ResolvedModel(paths.model_dir, editor, canaries)
+    return ResolvedModel(paths.model_dir, editor, canaries,
+                         name=settings.served_model_name or f"smedit-demo-{settings.demo_size}")
 
 
 def with_model_canaries(settings: Settings, model: ResolvedModel) -> Settings:
@@ -71,7 +74,8 @@ def load_runtime(settings: Settings, model: ResolvedModel) -> ModelRuntime:
     from app.runtime import ModelRuntime
 
     t0 = time.perf_counter()
-    runtime = ModelRuntime(model.model_dir, model.editor_dir, device=settings.device, dtype=settings.dtype)
+    runtime = ModelRuntime(model.model_dir, model.editor_dir, device=settings.device, dtype=settings.dtype,
+                           name=model.name)
     log.info("model loaded", extra={"model_dir": str(model.model_dir), "device": runtime.device,
                                     "load_s": round(time.perf_counter() - t0, 2)})
     return runtime

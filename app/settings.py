@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Hugging Face base model dir; none = the demo model")
     editor_dir: Path | None = Field(None, description="SMEdit editor checkpoint; none = demo editor / untrained")
     demo_size: str = Field("small", description="demo size built when no model_dir is set (tiny, small)")
+    served_model_name: str | None = Field(
+        None, min_length=1, max_length=200, description="the model's name in the OpenAI-compatible API (``model`` in "
+        "answers, /v1/models); none = smedit-demo-<size> for the demo, else model_dir's last component",
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; none = sqlite under data_dir")
     redis_url: str | None = Field(None, description="Redis URL for the production queue (not needed embedded)")
     queue: Literal["auto", "memory", "db", "redis"] = Field(

@@ -181,6 +181,7 @@ class Job(Base):
     target_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     basis: Mapped[int | None] = mapped_column(Integer, nullable=True)
     requested_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why (revert, restore, consolidate)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/install_browser.sh  # Debian's chromium + chromedriver for the console's browser tests
 exec .venv/bin/python -m pytest -q "$@"

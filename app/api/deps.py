@@ -103,7 +103,7 @@ def edit_out(e: Edit) -> EditOut:
 def job_out(j: Job) -> JobOut:
     return JobOut(
         id=j.id, kind=j.kind, status=j.status, edit_id=j.edit_id, target_version=j.target_version,
-        requested_by=j.requested_by, created_at=j.created_at, finished_at=j.finished_at,
+        requested_by=j.requested_by, reason=j.reason, created_at=j.created_at, finished_at=j.finished_at,
         result_version=j.result_version, error=j.error,
     )
 

@@ -17,7 +17,7 @@ from app.auth import Principal, require
 from app.db import session_scope
 from app.status import EditStatus, JobKind
 from app.tables import Edit
-from app.schemas import EditOut, EditSubmission, JobAccepted, JobOut, Page, ReviewIn, SubmitOut, check_submission
+from app.schemas import ActionIn, EditOut, EditSubmission, JobAccepted, JobOut, Page, ReviewIn, SubmitOut, check_submission
 
 router = APIRouter(prefix="/v1", tags=["edits"])
 
@@ -173,8 +173,12 @@ def get_edit(
 
 
 @router.post("/edits/{edit_id}/revert", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-def revert_edit(edit_id: RowId, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
-    """Queue a revert: a new version without this edit (see docs/api.md for batch semantics)."""
+def revert_edit(
+    edit_id: RowId, svc: ServicesDep, request: Request, body: ActionIn | None = None,
+    principal: Principal = Depends(require("admin")),
+) -> JobAccepted:
+    """Queue a revert: a new version without this edit (see docs/api.md for batch semantics); an
+    optional ``reason`` goes into the job and the version's note."""
     require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
@@ -186,7 +190,8 @@ def revert_edit(edit_id: RowId, svc: ServicesDep, request: Request, principal: P
         basis = edit.applied_version
     try:
         with session_scope(svc.sessions) as s:  # the database refuses a second revert of this application
-            job_id = repo.create_job(s, JobKind.REVERT, principal.name, edit_id=edit_id, basis=basis).id
+            job_id = repo.create_job(s, JobKind.REVERT, principal.name, edit_id=edit_id, basis=basis,
+                                     reason=body.reason if body else None).id
     except IntegrityError:
         raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is already being reverted") from None
     enqueue(svc, [job_id])

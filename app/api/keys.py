@@ -1,4 +1,5 @@
-"""API key management (admin only). Tokens are returned once, at creation; only hashes are kept."""
+"""API key management (admin only), and ``/v1/keys/me`` for any key. Tokens are returned once, at
+creation; only hashes are kept."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from app import api_keys
 from app.repository import NotFound
 from app.tables import ApiKey
 from app.api.deps import RowId, ServicesDep
-from app.auth import Principal, require
+from app.auth import Principal, authenticate, require
 from app.db import session_scope
-from app.schemas import KeyCreated, KeyIn, KeyOut
+from app.schemas import KeyCreated, KeyIn, KeyOut, KeyWhoAmI
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -30,6 +31,13 @@ def create_key(body: KeyIn, svc: ServicesDep, _: Principal = Depends(require("ad
 def list_keys(svc: ServicesDep, _: Principal = Depends(require("admin"))) -> list[KeyOut]:
     with session_scope(svc.sessions) as s:
         return [_out(r) for r in api_keys.list_api_keys(s)]
+
+
+@router.get("/me", response_model=KeyWhoAmI)
+def who_am_i(principal: Principal = Depends(authenticate)) -> KeyWhoAmI:
+    """The calling key's name and scopes (any valid key): what a client may do, e.g. which buttons
+    the console shows. The API enforces scopes on every route regardless."""
+    return KeyWhoAmI(id=principal.key_id, name=principal.name, scopes=sorted(principal.scopes))
 
 
 @router.delete("/{key_id}", response_model=KeyOut)

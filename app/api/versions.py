@@ -14,7 +14,7 @@ from app.services import Services
 from app.status import JobKind, VersionKind
 from app.auth import Principal, require
 from app.db import session_scope
-from app.schemas import JobAccepted, Page, VersionOut
+from app.schemas import ActionIn, JobAccepted, Page, VersionOut
 
 router = APIRouter(prefix="/v1", tags=["versions"])
 
@@ -71,8 +71,12 @@ def consolidate(svc: ServicesDep, request: Request, principal: Principal = Depen
 
 
 @router.post("/versions/{number}/restore", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
-def restore_version(number: VersionNumber, svc: ServicesDep, request: Request, principal: Principal = Depends(require("admin"))) -> JobAccepted:
-    """Queue a restore: a new version with exactly version ``number``'s active deltas (same bits)."""
+def restore_version(
+    number: VersionNumber, svc: ServicesDep, request: Request, body: ActionIn | None = None,
+    principal: Principal = Depends(require("admin")),
+) -> JobAccepted:
+    """Queue a restore: a new version with exactly version ``number``'s active deltas (same bits);
+    an optional ``reason`` goes into the job and the version's note."""
     require_queue(svc)
     with session_scope(svc.sessions) as s:
         try:
@@ -86,7 +90,8 @@ def restore_version(number: VersionNumber, svc: ServicesDep, request: Request, p
         basis = latest.number if latest is not None else None
     try:
         with session_scope(svc.sessions) as s:  # the database refuses a second restore from this state
-            job_id = repo.create_job(s, JobKind.RESTORE, principal.name, target_version=number, basis=basis).id
+            job_id = repo.create_job(s, JobKind.RESTORE, principal.name, target_version=number, basis=basis,
+                                     reason=body.reason if body else None).id
     except IntegrityError:
         raise HTTPException(status.HTTP_409_CONFLICT, f"a restore to version {number} was already accepted") from None
     enqueue(svc, [job_id])

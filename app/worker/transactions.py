@@ -231,7 +231,7 @@ class Transactions:
                         back = old.id
                 other_reqs = [make_request(e.prompt, e.target, e.paraphrases, e.locality) for e in others]
                 other_ids = [e.id for e in others]
-                edit_id, requested_by = edit.id, job.requested_by
+                edit_id, requested_by, reason = edit.id, job.requested_by, job.reason
                 job.status, job.started_at = JobStatus.RUNNING, utcnow()
             kept = [(i, d) for i, d in active if i != dropped]
             with rolled_back_on_failure(self.runtime, active):
@@ -259,6 +259,7 @@ class Transactions:
                     note += f"; re-applied edits {other_ids})" if other_ids else ")"
                     if back is not None:
                         note += f"; edit {back}, which it superseded, is live again"
+                    note += f"; reason: {reason}" if reason else ""
                     version = repo.create_version(
                         s, VersionKind.REVERT, [i for i, _ in new_active], digest, job_id=job_id,
                         created_by=requested_by, note=note, edit_ids=[edit_id] + other_ids,
@@ -289,6 +290,7 @@ class Transactions:
                 base_version, active = current_state(s, self.cache)
                 wanted = self.cache.get_many(s, target.active_deltas)
                 target_hash, target_number, requested_by = target.weights_hash, target.number, job.requested_by
+                reason = job.reason
                 job.status, job.started_at = JobStatus.RUNNING, utcnow()
             wanted_ids = [i for i, _ in wanted]
             with rolled_back_on_failure(self.runtime, active):
@@ -298,6 +300,7 @@ class Transactions:
                     note = f"restore version {target_number}"
                     if target_hash is not None and digest != target_hash:
                         note += f" (WARNING: weights hash {digest[:12]} differs from {target_hash[:12]})"
+                    note += f"; reason: {reason}" if reason else ""
                     version = repo.create_version(
                         s, VersionKind.RESTORE, wanted_ids, digest, job_id=job_id, created_by=requested_by,
                         note=note, expect_latest=base_version,

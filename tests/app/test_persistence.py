@@ -19,7 +19,7 @@ from app.tables import Base, DeltaBlob, Version
 @pytest.fixture
 def sessions(db_url: str):
     engine = make_engine(db_url)
-    assert upgrade_to_head(engine) == "0003"
+    assert upgrade_to_head(engine) == "0004"
     yield make_sessionmaker(engine)
     engine.dispose()
 
@@ -28,7 +28,7 @@ def test_migrations_match_models_and_are_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade_to_head(engine)
     upgrade_to_head(engine)  # second start: nothing to do
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diffs == []

@@ -247,7 +247,13 @@ class ChatReply(Reply):
                 "finish_reason": finish_reason}
 
 
-def model_list(model_id: str, created: int, live_version: int | None) -> dict[str, Any]:
-    """OpenAI's model list with the one served model; its live version as ``smedit_live_version``."""
-    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                        "owned_by": "smedit", "smedit_live_version": live_version}]}
+def model_object(model_id: str, created: int, live_version: int | None) -> dict[str, Any]:
+    """OpenAI's model object for the served model; its live version as ``smedit_live_version``."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "smedit",
+            "smedit_live_version": live_version}
+
+
+def model_not_found(asked: str, served: str) -> ApiError:
+    """404 as OpenAI answers an unknown model (``code`` ``model_not_found``)."""
+    return ApiError(404, f"the model {asked!r} does not exist here; this server serves {served!r}", "model",
+                    "model_not_found")

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``.
+"""The OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models[/{id}]``.
 
 Thin on purpose: each route checks the key, picks the runtime and hands over to
 :mod:`app.api.openai.serving`. Every error of these routes, validation included, is answered in
@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.api.deps import model_runtime, services
-from app.api.openai.protocol import BadParam, ChatIn, ChatReply, CompletionIn, CompletionReply, api_error
+from app.api.openai.protocol import (BadParam, ChatIn, ChatReply, CompletionIn, CompletionReply, api_error,
+                                     model_not_found)
 from app.api.openai.serving import chat_job, completion_jobs, model_card, serve
 from app.auth import Principal, require
 
@@ -41,7 +42,14 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"], route_class=OpenAIR
 @router.get("/models")
 def list_models(request: Request, _: Principal = Depends(require("read"))) -> dict[str, Any]:
     """The one served model (OpenAI's model list shape); its live version is in ``smedit_live_version``."""
-    return model_card(model_runtime(request))
+    return {"object": "list", "data": [model_card(model_runtime(request))]}
+
+
+@router.get("/models/{model_id:path}", responses={404: {"description": "not the served model (``model_not_found``)"}})
+def get_model(model_id: str, request: Request, _: Principal = Depends(require("read"))) -> Any:
+    """The served model's object (``GET /v1/models/{id}``, as ``client.models.retrieve``); 404 for other ids."""
+    card = model_card(model_runtime(request))
+    return card if model_id == card["id"] else model_not_found(model_id, card["id"]).response()
 
 
 @router.post("/completions")

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.api.deps import services, wait_for_version
 from app.api.openai.protocol import (
     MAX_STOP, VERSION_HEADER, ApiError, BadParam, ChatIn, ChatMessage, Choice, CompletionIn, Reply, SamplingIn,
-    api_error, model_list,
+    api_error, model_object,
 )
 from app.api.openai.stops import StopFilter, cut
 from app.api.openai.streaming import SSE_HEADERS, TokenStream, sse_events
@@ -254,6 +254,6 @@ def _usage(choices: Sequence[Choice], n: int) -> dict[str, int]:
 
 
 def model_card(runtime: Any) -> dict[str, Any]:
-    """``/v1/models``: the served model, created when its directory was last written."""
+    """The served model's object, created when its directory was last written."""
     created = int(runtime.model_dir.stat().st_mtime) if runtime.model_dir.exists() else 0
-    return model_list(runtime.model_id, created, runtime.live_version)
+    return model_object(runtime.model_id, created, runtime.live_version)
