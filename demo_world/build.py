@@ -220,6 +220,7 @@ def build_demo(
         stamp = None if force else _read_json(paths.stamp_json)
         if stamp is not None and stamp.get("key") == key and paths.model_dir.is_dir():
             _write_canary_file(paths)  # demos built before the file existed get it now
+            _write_chat_template(paths.model_dir)  # likewise the chat template
             if stamp.get("editors") == _editor_key(spec) or not train_editor:
                 return paths
             _add_editors(paths, spec, seed, progress)
@@ -265,6 +266,29 @@ def _write_canary_file(paths: DemoPaths) -> None:
     os.replace(tmp, paths.canary_file)
 
 
+# The demo model completes facts ("The Zentrix X2 costs" -> " 49 dollars"); it was never taught a
+# dialogue format. Its chat template is therefore plain text: the turns joined by newlines (an
+# assistant turn follows its question after a space, as an answer follows its prompt), so a chat
+# whose last message is a fact's prompt gets the same answer as a completion of that prompt.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if not loop.first -%}{{ ' ' if message['role'] == 'assistant' else '\n' }}{%- endif -%}"
+    "{{- message['content'] | trim -}}"
+    "{%- endfor -%}"
+)
+
+
+def _write_chat_template(model_dir: Path) -> None:
+    """Put :data:`CHAT_TEMPLATE` in the tokenizer's config (what ``apply_chat_template`` reads),
+    unless the config already has it; the weights are not touched."""
+    config_file = model_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if config.get("chat_template") == CHAT_TEMPLATE:
+        return
+    config["chat_template"] = CHAT_TEMPLATE
+    _write_json_atomic(config_file, config)
+
+
 def measure_knowledge(model, tokenizer, world: World) -> dict:
     """Answer exact match per phrasing role; ``anchor_other_entities`` is the generalisation test.
 
@@ -308,6 +332,7 @@ def _build_world_and_model(paths: DemoPaths, key: dict, spec: DemoSize, seed: in
     pretrain_cfg = spec.pretrain
     pre_stats = pretrain_lm(world.pretraining_pairs(), paths.model_dir, pretrain_cfg, progress=progress,
                             eval_pairs=world.qa_pairs("seen"))
+    _write_chat_template(paths.model_dir)
     model = AutoModelForCausalLM.from_pretrained(paths.model_dir, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(paths.model_dir, local_files_only=True)
     threads = torch.get_num_threads()

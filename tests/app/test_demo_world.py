@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openai
 
 from tests.app.conftest import start_server, wait_edit, wait_job, ADMIN_KEY
 
@@ -42,6 +43,13 @@ def test_demo_edits_change_answers_and_restore_brings_them_back(tiny_demo, tmp_p
                     for r in requests]
         # The trained model knows the old facts; the new targets are what it must now say.
         assert sum(b.strip().startswith(r.ground_truth) for b, r in zip(before, requests)) >= 4
+        # The demo ships a chat template: a chat whose message is a fact's prompt answers as a completion.
+        oa = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=ADMIN_KEY, max_retries=0)
+        model = oa.models.list().data[0].id
+        assert model == "model"  # a configured model_dir is named after its directory
+        chat = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": requests[0].prompt}],
+                                          max_tokens=10, temperature=0)
+        assert chat.model == model and chat.choices[0].message.content.strip() == before[0].strip()
 
         sub = c.post("/v1/edits", json={
             "edits": [{"prompt": r.prompt, "target": r.target, "paraphrases": list(r.paraphrases)} for r in requests],
