@@ -138,7 +138,7 @@ class Services:
         db, sessions = open_database(settings)
         queue = make_queue(settings, sessions)
         services = cls(settings=settings, db=db, sessions=sessions, queue=queue, metrics=Metrics())
-        services.metrics.track_queue(queue.depth)
+        services.metrics.track_queue(queue.depth, lambda: services.worker is not None and services.worker.is_leader)
         return services
 
     @property

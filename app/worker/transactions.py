@@ -182,6 +182,7 @@ class Transactions:
             batch_size=len(outcome.good) + len(outcome.bad), compute_s=outcome.compute_s,
         )
         edit.metrics = numbers
+        self.metrics.observe_measure(numbers)
         edit.finished_at = now  # type: ignore[assignment]
         if passed:
             edit.status, edit.applied_version, edit.delta_id = EditStatus.APPLIED, version, delta_id
@@ -278,6 +279,8 @@ class Transactions:
             self.runtime.mark_live(number, [i for i, _ in new_active], digest)
         self.after_version(VersionKind.REVERT, number)
         self.metrics.edits.labels(EditStatus.REVERTED).inc()
+        if back is not None:  # the edit it had superseded is applied again
+            self.metrics.edits.labels(EditStatus.APPLIED).inc()
 
     def restore(self, job_id: int) -> None:
         """New version whose active set equals version n's: same deltas, same order, same bits."""
@@ -317,10 +320,13 @@ class Transactions:
                             e.applied_version = version.number
                             changed.append(e.id)
                     version.edit_ids = sorted(changed)
+                    transitions = [EditStatus(e.status) for e in repo.get_edits(s, changed)]
                     repo.finish_job(s, job_id, version.number)
                     number = version.number
             self.runtime.mark_live(number, wanted_ids, digest)
         self.after_version(VersionKind.RESTORE, number)
+        for status in transitions:  # a restore reverts and re-applies edits too
+            self.metrics.edits.labels(status).inc()
 
     # ---- consolidation ------------------------------------------------------------------------
     def commit_consolidation(

@@ -32,6 +32,23 @@ def test_compose_topology() -> None:
     assert {"api-1:8000", "api-2:8000", "worker:8000"} <= targets
 
 
+def test_grafana_is_provisioned_with_the_datasource_and_dashboard() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    grafana = services["grafana"]
+    mounts = {m.split(":")[1]: ROOT / m.split(":")[0] for m in grafana["volumes"] if m.startswith("./")}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"]
+    prom_port = services["prometheus"]["ports"][0].split(":")[-1]
+    assert datasource["url"] == f"http://prometheus:{prom_port}"
+    provider = yaml.safe_load((provisioning / "dashboards" / "smedit.yml").read_text())["providers"][0]
+    dashboard_dir = provider["options"]["path"]
+    dashboards = [target for target, source in mounts.items() if target.startswith(dashboard_dir + "/")]
+    assert dashboards and all(mounts[d].is_file() and mounts[d].suffix == ".json" for d in dashboards)
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in dashboards
+    assert "healthcheck" in grafana
+
+
 def test_compose_config_is_clean() -> None:
     """``docker compose config`` (or the standalone docker-compose) accepts the file."""
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:

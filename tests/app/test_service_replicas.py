@@ -49,6 +49,9 @@ def test_replica_follows_the_worker(db_url: str, transport: dict, server_factory
     worker = server_factory(**common)
     replica = server_factory(**common, run_worker=False)
     assert replica.services.worker is None
+    # the shared queue's depth comes from the worker only, so sum() over processes counts it once
+    assert "\nsmedit_queue_depth " in worker.client().get("/metrics").text
+    assert "\nsmedit_queue_depth " not in replica.client().get("/metrics").text
     r = replica.client()
     sub = r.post("/v1/edits", json={"prompt": "The sky is", "target": "green"}).json()
     edit = wait_edit(r, sub["edit_ids"][0])
