@@ -4,6 +4,10 @@
 Each is a Typer command function (registered in ``smedit.cli``); ``client_app`` groups them too.
 They are thin wrappers over :mod:`smedit.client`. The server URL and API key come from ``--url`` /
 ``--key`` or ``SMEDIT_URL`` / ``SMEDIT_API_KEY``.
+
+Every failure is one line on stderr and an exit code a script can branch on (docs/api.md):
+0 done; 1 the service answered with an error; 2 bad usage, URL or input file (Typer's code);
+3 the service cannot be reached; 4 a ``--wait`` ran out of time.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, List, Optional, TypeVar
+from typing import Any, List, NoReturn, Optional, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -27,26 +31,36 @@ KEY = typer.Option(None, "--key", envvar="SMEDIT_API_KEY", help="API key (Bearer
 WAIT = typer.Option(False, "--wait", help="Wait until the server has finished the job.")
 WAIT_TIMEOUT = 600.0
 R = TypeVar("R")
+EXIT_API_ERROR, EXIT_UNREACHABLE, EXIT_WAIT_TIMEOUT = 1, 3, 4
 
 
 def _client(url: str, key: Optional[str]) -> Client:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+        _bad_input(f"--url {url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000")
     return Client(url, api_key=key or "", timeout=120)
 
 
+def _bad_input(message: str) -> NoReturn:
+    """A usage, URL or input-file problem: one line, exit code 2 (before anything is sent)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
 def _call(fn: Callable[[], R]) -> R:
-    """Run a client call; API errors become ``error <status>: <detail>`` and exit code 1."""
+    """Run a client call; its failure becomes one line on stderr and the module's exit code."""
     try:
         return fn()
     except APIConnectionError as exc:
         typer.echo(f"error: {exc.detail} (is the service running? --url / SMEDIT_URL)", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_UNREACHABLE) from None
     except APIError as exc:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         typer.echo(f"error {exc.status_code}: {detail}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_API_ERROR) from None
     except WaitTimeout as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_WAIT_TIMEOUT) from None
 
 
 def _print(data: Any) -> None:
@@ -87,20 +101,34 @@ def edit(
 def read_facts(path: Path) -> Iterator[Fact]:
     """Facts from a CSV (columns ``prompt,target`` and optionally ``paraphrases``, ``|``-separated)
     or a JSONL file (one ``{"prompt", "target", "paraphrases"?, "locality"?}`` per line)."""
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            for n, line in enumerate(handle, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    try:
-                        yield Fact(row["prompt"], row["target"], row.get("paraphrases", ()), row.get("locality", ()))
-                    except KeyError as exc:
-                        raise typer.BadParameter(f"{path}:{n}: missing {exc}") from None
-        return
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            yield from _jsonl_facts(path)
+        else:
+            yield from _csv_facts(path)
+    except UnicodeDecodeError as exc:
+        _bad_input(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def _jsonl_facts(path: Path) -> Iterator[Fact]:
+    with path.open(encoding="utf-8") as handle:
+        for n, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _bad_input(f"{path}:{n}: not JSON ({exc.msg}, column {exc.colno})")
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("target"), str):
+                _bad_input(f"{path}:{n}: needs an object with string 'prompt' and 'target'")
+            yield Fact(row["prompt"], row["target"], row.get("paraphrases", ()), row.get("locality", ()))
+
+
+def _csv_facts(path: Path) -> Iterator[Fact]:
     with path.open(encoding="utf-8", newline="") as handle:
         for n, row in enumerate(csv.DictReader(handle), 2):
             if not row.get("prompt") or not row.get("target"):
-                raise typer.BadParameter(f"{path}:{n}: needs 'prompt' and 'target' columns")
+                _bad_input(f"{path}:{n}: needs 'prompt' and 'target' columns")
             paraphrases = [p.strip() for p in (row.get("paraphrases") or "").split("|") if p.strip()]
             yield Fact(row["prompt"], row["target"], paraphrases)
 

@@ -137,13 +137,31 @@ def test_client_verbs_name_an_unreachable_server_instead_of_a_traceback() -> Non
     port = free_port()  # nothing listens there
     runner = CliRunner()
     history = _single(client_cmds.history)
-    for url in (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"):  # refused; no scheme
-        result = runner.invoke(history, ["--url", url])
-        assert result.exit_code == 1, result.output
-        assert "cannot reach" in result.output and "Traceback" not in result.output
+    result = runner.invoke(history, ["--url", f"http://127.0.0.1:{port}"])  # refused
+    assert result.exit_code == 3, result.output
+    assert "cannot reach" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(history, ["--url", f"127.0.0.1:{port}"])  # no scheme: refused before sending
+    assert result.exit_code == 2 and "is not an http(s) URL" in result.output, result.output
     with pytest.raises(APIConnectionError, match="cannot reach") as info, Client(f"http://127.0.0.1:{port}") as c:
         c.list_edits()
     assert info.value.status_code is None and isinstance(info.value.__cause__, httpx.TransportError)
+
+
+def test_bulk_names_the_bad_line_of_a_file(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bulk = _single(client_cmds.bulk)
+    cases = {"bad.jsonl": ('{"prompt": "a", "target": "b"}\n{oops\n', "bad.jsonl:2: not JSON"),
+             "list.jsonl": ('["a", "b"]\n', "list.jsonl:1: needs an object"),
+             "bad.csv": ("prompt,target\nonly a prompt,\n", "bad.csv:2: needs 'prompt' and 'target'")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        result = runner.invoke(bulk, [str(tmp_path / name), "--url", f"http://127.0.0.1:{free_port()}"])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    (tmp_path / "latin1.csv").write_bytes("prompt,target\nCaf\xe9,b\n".encode("latin-1"))
+    result = runner.invoke(bulk, [str(tmp_path / "latin1.csv")])
+    assert result.exit_code == 2 and "not UTF-8" in result.output, result.output
 
 
 def test_cli_version_keys_and_review_verbs(server_factory) -> None:
