@@ -1,15 +1,16 @@
-"""Model versions: history and restore."""
+"""Model versions: history, restore, and a version's LoRA adapter as a zip."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
-from app.api.deps import Offset, ServicesDep, VersionNumber, enqueue, require_queue, version_out
+from app.adapter_zip import NothingToExport, adapter_zip
+from app.api.deps import Offset, ServicesDep, VersionNumber, enqueue, model_runtime, require_queue, version_out
 from app.services import Services
 from app.status import JobKind, VersionKind
 from app.auth import Principal, require
@@ -96,3 +97,28 @@ def restore_version(
         raise HTTPException(status.HTTP_409_CONFLICT, f"a restore to version {number} was already accepted") from None
     enqueue(svc, [job_id])
     return JobAccepted(job_id=job_id, status_url=str(request.url_for("get_job", job_id=job_id)))
+
+
+@router.get("/versions/{number}/adapter", response_class=Response, responses={
+    200: {"description": "a zip of adapter_config.json, adapter_model.safetensors, smedit_export.json",
+          "content": {"application/zip": {}}},
+    404: {"description": "no such version"}, 409: {"description": "the version is the base model"},
+    503: {"description": "the model is still loading"}})
+def version_adapter(
+    number: VersionNumber, svc: ServicesDep, request: Request, _: Principal = Depends(require("admin")),
+    max_rank: Annotated[int | None, Query(ge=1, le=65536, description="cap the rank (truncated SVD; the "
+                                          "error is in smedit_export.json); default exact")] = None,
+) -> Response:
+    """Version ``number`` minus the base model as a PEFT LoRA adapter, zipped (what ``smedit export
+    lora`` writes): unzip it and ``PeftModel.from_pretrained(base, DIR)``."""
+    runtime = model_runtime(request)
+    try:
+        data, report = adapter_zip(svc.sessions, runtime, number, max_rank)
+    except repo.NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except NothingToExport as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    name = f"smedit-v{number}-lora.zip"
+    return Response(data, media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{name}"', "X-Smedit-Adapter-Rank": str(report["rank"]),
+        "X-Smedit-Adapter-Exact": "true" if report["exact"] else "false"})

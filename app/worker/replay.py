@@ -107,6 +107,8 @@ def _bootstrap_and_replay(
                 f"this database belongs to base model {known}, but the loaded model is {runtime.fingerprint}; "
                 "point SMEDIT_DATABASE_URL / SMEDIT_DATA_DIR at the matching database"
             )
+        if writer:  # where the served base model lives: `smedit export` finds it without being told
+            repo.set_meta(s, "base_model_dir", str(runtime.model_dir.resolve()))
         latest = repo.latest_version(s)
         if latest is None and writer:
             latest = repo.create_version(s, VersionKind.BASE, [], runtime.base_hash, created_by="system",

@@ -48,6 +48,7 @@ class VersionDeltas:
     edit_ids: list[int]  # edits carried by the active deltas
     deltas: list[Any]  # editor_core.delta.Delta, in order
     base_fingerprint: str | None
+    served_model_dir: str | None = None  # the base model the service last served with this database
 
 
 def _settings(data_dir: Optional[Path], database_url: Optional[str], model_dir: Optional[Path]) -> Any:
@@ -58,10 +59,13 @@ def _settings(data_dir: Optional[Path], database_url: Optional[str], model_dir: 
     return Settings(**overrides)
 
 
-def resolve_model_dir(settings: Any) -> Path:
-    """The configured base model, or the demo model the service built under the data directory."""
+def resolve_model_dir(settings: Any, served: str | None = None) -> Path:
+    """The configured base model; else the one the service serves with this database (recorded
+    by its worker on start), if it is still there; else the demo model under the data directory."""
     from app.services import resolve_model
 
+    if settings.model_dir is None and served and (Path(served) / "config.json").is_file():
+        return Path(served)
     path = resolve_model(settings, build=False).model_dir
     if not (path / "config.json").is_file():
         raise ExportError(f"no base model at {path} (set --model-dir or SMEDIT_MODEL_DIR)")
@@ -95,7 +99,7 @@ def load_version(settings: Any, version: int | None) -> VersionDeltas:
             edit_ids = sorted(repo.edits_in_deltas(s, active)) if active else []
             known = repo.get_meta(s, "base_fingerprint")
             out = VersionDeltas(row.number, row.kind, row.weights_hash, active, edit_ids,
-                                [Delta.from_bytes(blobs[i]) for i in active], known)
+                                [Delta.from_bytes(blobs[i]) for i in active], known, repo.get_meta(s, "base_model_dir"))
     except (repo.ChecksumError, repo.NotFound) as exc:
         raise ExportError(str(exc)) from None
     finally:
@@ -162,8 +166,8 @@ def lora(
         from editor_core.export import export_lora
 
         settings = _settings(data_dir, database_url, model_dir)
-        base_dir = resolve_model_dir(settings)
         vd = load_version(settings, version)
+        base_dir = resolve_model_dir(settings, vd.served_model_dir)
         if not vd.deltas:
             raise ExportError(f"version {vd.number} has no active deltas: it is the base model, nothing to export")
         _prepare_out(out, force)
@@ -196,8 +200,8 @@ def model(
         from editor_core.export import export_full
 
         settings = _settings(data_dir, database_url, model_dir)
-        base_dir = resolve_model_dir(settings)
         vd = load_version(settings, version)
+        base_dir = resolve_model_dir(settings, vd.served_model_dir)
         _prepare_out(out, force)
         base = _load_base(base_dir, dtype, vd)
         tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)  # as shipped (no pad changes)

@@ -91,3 +91,41 @@ def test_exports_reproduce_the_service_model(server: RunningServer, tiny_model_d
     assert bad.exit_code == 1 and "--force" in bad.output
     bad = runner.invoke(export_app, ["lora", "-v", "0", "--out", str(tmp_path / "y"), *where])
     assert bad.exit_code == 1 and "nothing to export" in bad.output
+
+
+def test_export_finds_the_served_model_and_the_adapter_zip_loads_alone(
+        server: RunningServer, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import zipfile
+
+    from transformers import AutoTokenizer
+
+    admin = server.client()
+    sub = admin.post("/v1/edits", json={"prompt": "The sky is", "target": "green"}).json()
+    assert wait_edit(admin, sub["edit_ids"][0])["status"] == "applied"
+    live = _service_logits(server)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    # no --model-dir: the base the service serves with this database (not the demo model)
+    monkeypatch.delenv("SMEDIT_MODEL_DIR", raising=False)
+    report = _export("lora", "--out", str(tmp_path / "cli"), "--data-dir", str(server.services.settings.data_dir))
+    assert report["base_model"] == str(tiny_model_dir.resolve()) and report["exact"]
+
+    # over HTTP, admin only: a zip that AutoPeftModelForCausalLM loads from its folder alone
+    got = admin.get("/v1/versions/1/adapter")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+    assert 'filename="smedit-v1-lora.zip"' in got.headers["content-disposition"]
+    folder = tmp_path / "unzipped"
+    zipfile.ZipFile(io.BytesIO(got.content)).extractall(folder)
+    assert {p.name for p in folder.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "smedit_export.json"}
+    monkeypatch.chdir(tmp_path)  # the adapter names its base absolutely
+    model = peft.AutoPeftModelForCausalLM.from_pretrained(folder).eval()
+    for a, b in zip(_logits(model, tok), live):
+        assert torch.allclose(a, b, atol=1e-4, rtol=0)
+    assert json.loads((folder / "smedit_export.json").read_text())["version"] == 1
+
+    reader = admin.post("/v1/keys", json={"name": "r", "scopes": ["read", "edit"]}).json()["key"]
+    assert server.client(reader).get("/v1/versions/1/adapter").status_code == 403
+    assert admin.get("/v1/versions/0/adapter").status_code == 409
+    assert admin.get("/v1/versions/99/adapter").status_code == 404
+    assert admin.get("/v1/versions/1/adapter", params={"max_rank": 0}).status_code == 422
