@@ -10,6 +10,7 @@ background thread) loads the model, replays the latest version and starts the wo
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,8 +56,10 @@ def resolve_model(settings: Settings, build: bool = True) -> ResolvedModel:
     from demo_world.build import build_demo, demo_paths
 
     data_dir = Path(settings.data_dir)
-    paths = build_demo(data_dir, size=settings.demo_size, progress=False) if build else demo_paths(
-        data_dir, settings.demo_size)
+    # serving needs only the SMEdit editor, not the benchmarks' MALMEN comparison; progress bars
+    # where a person watches a terminal (the first start builds for minutes)
+    paths = build_demo(data_dir, size=settings.demo_size, progress=sys.stderr.isatty(), comparison=False) if build \
+        else demo_paths(data_dir, settings.demo_size)
     editor = Path(settings.editor_dir) if settings.editor_dir else (paths.editor_dir if paths.editor_dir.is_dir() else None)
     canaries = paths.canary_file if paths.canary_file.is_file() else None
     return ResolvedModel(paths.model_dir, editor, canaries,

@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -197,12 +198,15 @@ def build_demo(
     force: bool = False,
     progress: bool = True,
     train_editor: bool = True,
+    comparison: bool = True,
 ) -> DemoPaths:
     """Build (or reuse) the demo world, base model and editors; return where they are.
 
     Cached on (size, seed, :data:`DEMO_VERSION`, the size's settings): a matching stamp returns
     immediately. A demo built with ``train_editor=False`` is reused by a later call with
-    ``train_editor=True``; only the editors are trained then. ``force`` rebuilds everything.
+    ``train_editor=True``; only the editors are trained then. ``comparison=False`` trains only
+    the SMEdit editor the service uses, not the MALMEN editor the benchmarks compare against (a
+    later call with ``comparison=True`` adds it). ``force`` rebuilds everything.
     """
     if size not in DEMO_SIZES:
         raise ValueError(f"unknown demo size {size!r}; use one of {sorted(DEMO_SIZES)}")
@@ -221,9 +225,9 @@ def build_demo(
         if stamp is not None and stamp.get("key") == key and paths.model_dir.is_dir():
             _write_canary_file(paths)  # demos built before the file existed get it now
             _write_chat_template(paths.model_dir)  # likewise the chat template
-            if stamp.get("editors") == _editor_key(spec) or not train_editor:
-                return paths
-            _add_editors(paths, spec, seed, progress)
+            missing = _missing_editors(stamp, spec, comparison) if train_editor else []
+            if missing:
+                _add_editors(paths, spec, seed, progress, missing)
             return paths
 
         tmp_root = Path(tempfile.mkdtemp(prefix=f".{size}.build-", dir=parent))
@@ -243,11 +247,30 @@ def build_demo(
             shutil.rmtree(tmp_root, ignore_errors=True)
             raise
         if train_editor:
-            _add_editors(paths, spec, seed, progress)
+            _add_editors(paths, spec, seed, progress, list(EDITORS if comparison else EDITORS[:1]))
     return paths
 
 
+EDITORS = ("smedit", "malmen")  # the service's editor, then the benchmarks' MALMEN comparison
+
+
+def _missing_editors(stamp: dict, spec: DemoSize, comparison: bool) -> list[str]:
+    """The editors still to train: all on other editor settings, else those not trained yet
+    (stamps from before ``trained`` existed had both)."""
+    wanted = list(EDITORS if comparison else EDITORS[:1])
+    if stamp.get("editors") != _editor_key(spec):
+        return wanted
+    have = stamp.get("trained", list(EDITORS))
+    return [name for name in wanted if name not in have]
+
+
 N_CANARIES = 128
+
+
+def _phase(progress: bool, message: str) -> None:
+    """A build phase's heading above its progress bar (tqdm shows the rate and time left)."""
+    if progress:
+        print(f"==> {message}", file=sys.stderr, flush=True)
 
 
 def _write_canary_file(paths: DemoPaths) -> None:
@@ -326,6 +349,7 @@ def _build_world_and_model(paths: DemoPaths, key: dict, spec: DemoSize, seed: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
+    _phase(progress, f"demo {key['size']}: generating the world, then pretraining the base model")
     world = generate_world(seed=seed, n_products=spec.n_products)
     world.save(paths.world_json)
     _write_canary_file(paths)
@@ -354,15 +378,17 @@ def _build_world_and_model(paths: DemoPaths, key: dict, spec: DemoSize, seed: in
     _write_json_atomic(paths.stamp_json, {"key": key, "editors": None, "built_at": time.time()})
 
 
-def _add_editors(paths: DemoPaths, spec: DemoSize, seed: int, progress: bool) -> None:
-    """Train editors into an already built demo, then mark it (stamp last)."""
+def _add_editors(paths: DemoPaths, spec: DemoSize, seed: int, progress: bool, names: list[str]) -> None:
+    """Train the editors ``names`` into an already built demo, then mark it (stamp last)."""
     world = World.load(paths.world_json)
-    editors = _train_editors(paths, world, spec, seed, progress)
-    stats = _read_json(paths.stats_json) or {}
-    stats["editors"] = editors
-    _write_json_atomic(paths.stats_json, stats)
     stamp = _read_json(paths.stamp_json) or {}
-    stamp["editors"] = _editor_key(spec)
+    same_settings = stamp.get("editors") == _editor_key(spec)
+    editors = _train_editors(paths, world, spec, seed, progress, names)
+    stats = _read_json(paths.stats_json) or {}
+    stats["editors"] = {**((stats.get("editors") or {}) if same_settings else {}), **editors}
+    _write_json_atomic(paths.stats_json, stats)
+    have = set(stamp.get("trained", EDITORS) if same_settings else ())
+    stamp["editors"], stamp["trained"] = _editor_key(spec), [n for n in EDITORS if n in have | set(names)]
     _write_json_atomic(paths.stamp_json, stamp)
 
 
@@ -395,8 +421,10 @@ def smedit_config(spec: DemoSize, max_steps: int, seed: int, modules: list[str] 
     )
 
 
-def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, progress: bool) -> dict:
-    """Meta-train SMEdit and MALMEN on the world's train edits (each written via a temp dir)."""
+def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, progress: bool,
+                   names: list[str]) -> dict:
+    """Meta-train the editors ``names`` (SMEdit, MALMEN) on the world's train edits (each
+    written via a temp dir)."""
     from editor_core.models import load_model
     from editor_core.train import TrainConfig, meta_train
 
@@ -413,6 +441,10 @@ def _train_editors(paths: DemoPaths, world: World, spec: DemoSize, seed: int, pr
         ("malmen", paths.malmen_dir, TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, precondition="none",
                                                  key_shrinkage=1.0, **common)),  # MALMEN's plain ridge
     ):
+        if name not in names:
+            continue
+        _phase(progress, f"demo: meta-training the {'SMEdit' if name == 'smedit' else 'MALMEN'} editor "
+               f"({names.index(name) + 1} of {len(names)})")
         started = time.perf_counter()
         # Not cleared first: meta_train resumes a run of the same settings cut short.
         tmp = target.with_name(f".{target.name}.tmp")

@@ -184,7 +184,7 @@ def evaluate(
     table.add_column("value", justify="right")
     for key, value in report["summary"].items():
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    (console if console.is_terminal else Console(width=200)).print(table)  # piped: keep columns whole
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))

@@ -33,8 +33,21 @@ def _run(role: Optional[str], overrides: dict[str, Any]) -> None:
     app = create_app(settings)
     what = {"all": "API + worker", "api": "API replica", "worker": "worker (health + metrics only)"}
     typer.echo(f"smedit: {what[settings.effective_role()]} on http://{settings.host}:{settings.port}")
+    if settings.effective_role() != "worker":
+        typer.echo(f"smedit: console http://{settings.host}:{settings.port}/admin, API docs /docs")
+    if settings.model_dir is None and not _demo_built(settings):
+        typer.echo(f"smedit: first start: building the {settings.demo_size} demo model and its editor under "
+                   f"{settings.data_dir} (minutes on 2 cores; each phase shows a progress bar); /readyz "
+                   "reports the phase, edits submitted meanwhile are queued", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False)
+
+
+def _demo_built(settings: Any) -> bool:
+    from demo_world.build import demo_paths
+
+    paths = demo_paths(settings.data_dir, settings.demo_size)
+    return paths.stamp_json.is_file() and paths.editor_dir.is_dir()
 
 
 def serve(

@@ -155,6 +155,8 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     assert "editors" in json.loads(paths.stats_json.read_text())
     build_demo(tmp_path, size="tiny", progress=False, train_editor=True)  # cached now
     assert len(calls) == 2
+    build_demo(tmp_path, size="tiny", progress=False, comparison=False)  # serving needs no more either
+    assert len(calls) == 2
 
     # other editor settings retrain the editors (edit_layers names the modules), not the model
     spec = demo_mod.DEMO_SIZES["tiny"]
@@ -175,6 +177,35 @@ def test_editors_are_added_to_a_cached_build(micro, tmp_path, monkeypatch):
     assert (calls[-1]["precondition"], calls[-1]["key_shrinkage"]) == ("none", 1.0)
     stamp = json.loads(paths.stamp_json.read_text())["editors"]
     assert stamp["reg"] == [5e-4, "locality", 0.9] and stamp["key_shrinkage"] == 0.03
+
+
+def test_serving_builds_only_the_smedit_editor_and_the_benchmarks_add_malmen(micro, tmp_path, monkeypatch):
+    """The service's first start trains only the editor it serves with; MALMEN comes when a
+    benchmark asks for the comparison, without retraining SMEdit."""
+    import sys
+    import types
+
+    trained = []
+
+    def meta_train(model, tokenizer, train_requests, val_requests, config, out_dir, progress=True, preserve=None):
+        trained.append(config.n_steps == 1 and config.reg == "kl" and "malmen" or "smedit")
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "editor.safetensors").write_text("fake")
+
+    import editor_core.train as real_train
+
+    fake = types.ModuleType("editor_core.train")
+    fake.TrainConfig, fake.meta_train = real_train.TrainConfig, meta_train
+    monkeypatch.setitem(sys.modules, "editor_core.train", fake)
+    paths = build_demo(tmp_path, size="tiny", progress=False, comparison=False)
+    assert trained == ["smedit"] and paths.editor_dir.is_dir() and not paths.malmen_dir.exists()
+    assert json.loads(paths.stamp_json.read_text())["trained"] == ["smedit"]
+    build_demo(tmp_path, size="tiny", progress=False, comparison=False)  # cached
+    assert trained == ["smedit"]
+    build_demo(tmp_path, size="tiny", progress=False)  # the benchmarks' call: MALMEN only
+    assert trained == ["smedit", "malmen"] and paths.has_editors
+    assert json.loads(paths.stamp_json.read_text())["trained"] == ["smedit", "malmen"]
+    assert set(json.loads(paths.stats_json.read_text())["editors"]) >= {"smedit", "malmen"}
 
 
 def test_failed_build_leaves_nothing_that_looks_complete(micro, tmp_path, monkeypatch):
