@@ -171,6 +171,7 @@ class Job(_Model):
     edit_id: int | None = None
     target_version: int | None = None
     requested_by: str | None = None
+    reason: str | None = None  # why it was asked for (revert / restore reason, approval note)
     created_at: datetime
     finished_at: datetime | None = None
     result_version: int | None = None
@@ -270,6 +271,11 @@ class _Req:
     json: Any = None
     params: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
+
+
+def _why(field: str, text: str | None) -> dict[str, str] | None:
+    """The optional body of a revert / restore (``reason``) or approve (``note``)."""
+    return {field: text} if text else None
 
 
 def _clean(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -411,14 +417,17 @@ class Client(_Base):
             if not page.items or offset >= page.total:
                 return
 
-    def revert(self, edit_id: int, wait: bool = False, timeout: float = 300.0) -> Job:
-        """Queue a revert of an applied edit (admin); with ``wait``, return the finished job."""
-        accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/edits/{edit_id}/revert")))
+    def revert(self, edit_id: int, wait: bool = False, timeout: float = 300.0, reason: str | None = None) -> Job:
+        """Queue a revert of an applied edit (admin); with ``wait``, return the finished job.
+        ``reason`` is kept on the job and in the new version's note."""
+        accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/edits/{edit_id}/revert",
+                                                              json=_why("reason", reason))))
         return self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id)
 
-    def restore(self, version: int, wait: bool = False, timeout: float = 300.0) -> Job:
+    def restore(self, version: int, wait: bool = False, timeout: float = 300.0, reason: str | None = None) -> Job:
         """Queue a restore of ``version`` (admin): a new version with exactly its weights."""
-        accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/versions/{version}/restore")))
+        accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/versions/{version}/restore",
+                                                              json=_why("reason", reason))))
         return self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id)
 
     def consolidate(self, wait: bool = False, timeout: float = 300.0) -> Job:
@@ -426,9 +435,10 @@ class Client(_Base):
         accepted = JobAccepted.model_validate(self._send(_Req("POST", "/v1/versions/consolidate")))
         return self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id)
 
-    def approve(self, edit_id: int, wait: bool = False, timeout: float = 300.0) -> Job:
-        """Review mode: apply a held edit (admin)."""
-        accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/edits/{edit_id}/approve")))
+    def approve(self, edit_id: int, wait: bool = False, timeout: float = 300.0, note: str | None = None) -> Job:
+        """Review mode: apply a held edit (admin); ``note`` is kept on the job."""
+        accepted = JobAccepted.model_validate(self._send(_Req("POST", f"/v1/edits/{edit_id}/approve",
+                                                              json=_why("note", note))))
         return self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id)
 
     def reject(self, edit_id: int, note: str | None = None) -> Edit:
@@ -575,20 +585,23 @@ class AsyncClient(_Base):
             if not page.items or offset >= page.total:
                 return
 
-    async def revert(self, edit_id: int, wait: bool = False, timeout: float = 300.0) -> Job:
-        accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/edits/{edit_id}/revert")))
+    async def revert(self, edit_id: int, wait: bool = False, timeout: float = 300.0, reason: str | None = None) -> Job:
+        accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/edits/{edit_id}/revert",
+                                                                    json=_why("reason", reason))))
         return await (self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id))
 
-    async def restore(self, version: int, wait: bool = False, timeout: float = 300.0) -> Job:
-        accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/versions/{version}/restore")))
+    async def restore(self, version: int, wait: bool = False, timeout: float = 300.0, reason: str | None = None) -> Job:
+        accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/versions/{version}/restore",
+                                                                    json=_why("reason", reason))))
         return await (self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id))
 
     async def consolidate(self, wait: bool = False, timeout: float = 300.0) -> Job:
         accepted = JobAccepted.model_validate(await self._send(_Req("POST", "/v1/versions/consolidate")))
         return await (self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id))
 
-    async def approve(self, edit_id: int, wait: bool = False, timeout: float = 300.0) -> Job:
-        accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/edits/{edit_id}/approve")))
+    async def approve(self, edit_id: int, wait: bool = False, timeout: float = 300.0, note: str | None = None) -> Job:
+        accepted = JobAccepted.model_validate(await self._send(_Req("POST", f"/v1/edits/{edit_id}/approve",
+                                                                    json=_why("note", note))))
         return await (self.wait_for_job(accepted.job_id, timeout) if wait else self.get_job(accepted.job_id))
 
     async def reject(self, edit_id: int, note: str | None = None) -> Edit:

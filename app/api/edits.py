@@ -212,7 +212,7 @@ def approve_edit(
         if edit.status != EditStatus.NEEDS_REVIEW:
             raise HTTPException(status.HTTP_409_CONFLICT, f"edit {edit_id} is {edit.status}, not needs_review")
         edit.status, edit.approved, edit.reviewed_by, edit.error = EditStatus.QUEUED, True, principal.name, None
-        job = repo.create_job(s, JobKind.EDIT, principal.name, edit_id=edit_id)
+        job = repo.create_job(s, JobKind.EDIT, principal.name, edit_id=edit_id, reason=body.note if body else None)
         job_id = job.id
     svc.metrics.edits.labels(EditStatus.QUEUED).inc()
     enqueue(svc, [job_id])

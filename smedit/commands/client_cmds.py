@@ -206,25 +206,27 @@ def history(
 @client_app.command("revert")
 def revert(
     edit_id: int = typer.Argument(..., help="The edit to revert."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the job and the version's note)."),
     wait: bool = WAIT,
     url: str = URL,
     key: Optional[str] = KEY,
 ) -> None:
     """Revert an applied edit (admin): a new version without it."""
     with _client(url, key) as c:
-        _print(_call(lambda: c.revert(edit_id, wait=wait, timeout=WAIT_TIMEOUT)))
+        _print(_call(lambda: c.revert(edit_id, wait=wait, timeout=WAIT_TIMEOUT, reason=reason)))
 
 
 @client_app.command("restore")
 def restore(
     version: int = typer.Argument(..., help="The version to restore."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the job and the version's note)."),
     wait: bool = WAIT,
     url: str = URL,
     key: Optional[str] = KEY,
 ) -> None:
     """Restore a version (admin): a new version with exactly its weights."""
     with _client(url, key) as c:
-        _print(_call(lambda: c.restore(version, wait=wait, timeout=WAIT_TIMEOUT)))
+        _print(_call(lambda: c.restore(version, wait=wait, timeout=WAIT_TIMEOUT, reason=reason)))
 
 
 @client_app.command("consolidate")
@@ -237,11 +239,12 @@ def consolidate(wait: bool = WAIT, url: str = URL, key: Optional[str] = KEY) -> 
 @client_app.command("approve")
 def approve(
     edit_id: int = typer.Argument(..., help="A needs_review edit."),
+    note: Optional[str] = typer.Option(None, "--note", help="Why (kept with the approval's job)."),
     wait: bool = WAIT, url: str = URL, key: Optional[str] = KEY,
 ) -> None:
     """Review mode (admin): apply an edit the gate held back (recomputed now, gate waived)."""
     with _client(url, key) as c:
-        _print(_call(lambda: c.approve(edit_id, wait=wait, timeout=WAIT_TIMEOUT)))
+        _print(_call(lambda: c.approve(edit_id, wait=wait, timeout=WAIT_TIMEOUT, note=note)))
 
 
 @client_app.command("reject")

@@ -185,7 +185,12 @@ def test_cli_version_keys_and_review_verbs(server_factory) -> None:
 
     held = json.loads(ok("edit", "The sky is", "green", "--wait"))
     assert held[0]["status"] == "needs_review"
-    assert json.loads(ok("approve", str(held[0]["id"]), "--wait"))["status"] == "done"
+    approved = json.loads(ok("approve", str(held[0]["id"]), "--note", "checked by hand", "--wait"))
+    assert approved["status"] == "done" and approved["reason"] == "checked by hand"
+    undone = json.loads(ok("revert", str(held[0]["id"]), "--reason", "customer complaint", "--wait"))
+    assert undone["reason"] == "customer complaint"
+    restored = json.loads(ok("restore", str(approved["result_version"]), "--reason", "complaint withdrawn", "--wait"))
+    assert restored["status"] == "done" and restored["reason"] == "complaint withdrawn"
     held = json.loads(ok("edit", "Water boils at", "ten", "--wait"))
     rejected = json.loads(ok("reject", str(held[0]["id"]), "--note", "wrong fact"))
     assert rejected["status"] == "rejected"
