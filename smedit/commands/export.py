@@ -122,15 +122,22 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 
 def _load_base(model_dir: Path, dtype: str, vd: VersionDeltas) -> Any:
+    """The base model in ``dtype``, checked against the deltas' fingerprints first. Loaded in
+    float32 for the check (a fingerprint is of the weights as the service loaded them; bf16
+    rounding would change it), then cast once, as loading in ``dtype`` would."""
+    import torch
+
     from editor_core.export import check_base
     from editor_core.models import load_model
 
-    model, _ = load_model(model_dir, device="cpu", dtype=dtype)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ExportError(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
+    model, _ = load_model(model_dir, device="cpu", dtype="float32")
     try:
         check_base(model, vd.deltas)
     except ValueError as exc:
         raise ExportError(f"{exc} (model dir {model_dir})") from None
-    return model
+    return model if dtype == "float32" else model.to(getattr(torch, dtype))
 
 
 def _info(vd: VersionDeltas, model_dir: Path) -> dict[str, Any]:

@@ -25,6 +25,10 @@ ROUTES = [
     ("POST", "/v1/probe", "read", {"prompt": "The sky is", "target": "blue"}),
     ("GET", "/v1/model", "read", None),
     ("GET", "/v1/models", "read", None),
+    ("GET", "/v1/models/x-model", "read", None),
+    ("GET", "/v1/versions/0/adapter", "admin", None),
+    ("GET", "/v1/kpis", "read", None),
+    ("GET", "/v1/keys/me", "any", None),
     ("POST", "/v1/completions", "read", {"model": "m", "prompt": "The sky is", "max_tokens": 2}),
     ("POST", "/v1/chat/completions", "read", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
     ("POST", "/v1/keys", "admin", {"name": "x", "scopes": ["read"]}),
@@ -35,7 +39,8 @@ ROUTES = [
 
 def _template(path: str) -> str:
     return path.replace("/1/", "/{edit_id}/").replace("/edits/1", "/edits/{edit_id}").replace(
-        "/jobs/1", "/jobs/{job_id}").replace("/versions/0", "/versions/{number}").replace("/keys/999", "/keys/{key_id}")
+        "/jobs/1", "/jobs/{job_id}").replace("/versions/0", "/versions/{number}").replace("/keys/999", "/keys/{key_id}").replace(
+        "/models/x-model", "/models/{model_id}")
 
 
 def test_route_table_covers_every_v1_route(server: RunningServer) -> None:
@@ -64,13 +69,13 @@ def test_scopes_on_every_route(server: RunningServer, keys: dict[str, str]) -> N
         assert r.status_code == 401, (method, path, r.status_code)
         r = http.request(method, path, headers={"Authorization": "Bearer nope"}, **kw)
         assert r.status_code == 401, (method, path)
-        wrong = {"read": ["edit"], "edit": ["read"], "admin": ["read", "edit", "read+edit"]}[scope]
+        wrong = {"read": ["edit"], "edit": ["read"], "admin": ["read", "edit", "read+edit"], "any": []}[scope]
         for name in wrong:
             r = http.request(method, path, headers={"Authorization": f"Bearer {keys[name]}"}, **kw)
             assert r.status_code == 403, (method, path, name, r.status_code)
             assert scope in r.json()["detail"]
-        right = keys[scope] if scope in keys else None
-        for token in filter(None, [right, "test-admin-key-0123456789"]):
+        right = [keys[scope]] if scope in keys else list(keys.values()) if scope == "any" else []
+        for token in [*right, "test-admin-key-0123456789"]:
             r = http.request(method, path, headers={"X-API-Key": token}, **kw)
             assert r.status_code not in (401, 403), (method, path, r.status_code, r.text)
 
