@@ -50,6 +50,11 @@ def test_demo_edits_change_answers_and_restore_brings_them_back(tiny_demo, tmp_p
         chat = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": requests[0].prompt}],
                                           max_tokens=10, temperature=0)
         assert chat.model == model and chat.choices[0].message.content.strip() == before[0].strip()
+        from langchain_openai import ChatOpenAI  # LangChain's client, out of the box
+
+        llm = ChatOpenAI(base_url=f"{srv.url}/v1", api_key=ADMIN_KEY, model=model, temperature=0, max_tokens=10,
+                         max_retries=0)
+        assert llm.invoke(requests[0].prompt).content.strip() == before[0].strip()
 
         sub = c.post("/v1/edits", json={
             "edits": [{"prompt": r.prompt, "target": r.target, "paraphrases": list(r.paraphrases)} for r in requests],
