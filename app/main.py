@@ -19,8 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from app import console
-from app.api import edits, health, inference, keys, kpis, openai, versions
+from app import console, method_not_allowed
+from app.api import edits, error_responses, health, inference, keys, kpis, openai, versions
 from app.auth import bootstrap_admin_key
 from app.db import upgrade_to_head
 from app.errors import install_dependency_handlers
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(request_context)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     install_dependency_handlers(app)
+    method_not_allowed.install(app)
     app.include_router(health.router)
     if settings.effective_role() != "worker":  # the worker process serves only health and metrics
         app.include_router(edits.router)
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(kpis.router)
         console.mount(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
+    error_responses.install(app)
     return app
 
 

@@ -94,9 +94,10 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 # ---- requests -----------------------------------------------------------------------------
 class _Lenient(ValidUnicode, BaseModel):
-    """Unknown fields are ignored: clients send many optional OpenAI parameters."""
+    """Unknown fields are ignored: clients send many optional OpenAI parameters. Known ones are
+    not coerced (``"max_tokens": "3"`` is a 400, as OpenAI answers)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Lenient):
