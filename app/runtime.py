@@ -37,6 +37,9 @@ log = logging.getLogger("app.runtime")
 __all__ = ["ContextTooLong", "Delta", "EditRequest", "LocalityProbe", "ModelRuntime", "EditMeasure", "GenerateResult", "Measurement", "ProbeResult"]
 
 
+MIN_SAMPLING_TEMPERATURE = 1e-4
+
+
 class ModelRuntime:
     """Base model + editor + weight state, with a live version number that waiters can block on."""
 
@@ -267,7 +270,7 @@ class ModelRuntime:
         self, prompt: str, max_tokens: int, temperature: float = 0.0, stop: Sequence[str] = (), seed: int | None = None,
         streamer: Any | None = None,
     ) -> GenerateResult:
-        """Greedy (temperature 0) or sampled continuation of ``prompt`` on the live version.
+        """Greedy (temperature below 1e-4, its limit) or sampled continuation of ``prompt`` on the live version.
 
         ``streamer`` (a ``transformers`` streamer) receives the prompt ids, then each new token, while
         the lock is held: it sees exactly the version returned (used by the SSE endpoints).
@@ -282,7 +285,7 @@ class ModelRuntime:
                 "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 "attention_mask": torch.ones_like(ids),
             }
-            if temperature > 0:
+            if temperature >= MIN_SAMPLING_TEMPERATURE:  # below it, logits / T overflow: greedy is its limit
                 if seed is not None:
                     torch.manual_seed(seed)
                 kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
@@ -341,6 +344,8 @@ class ModelRuntime:
         On the submit path: a copy of the tokenizer with its own lock, so a submission never
         waits for the model lock the worker holds while it computes and commits."""
         with self._submit_lock:
+            if not answer:  # a locality probe without an answer: the model's own is kept, unread
+                return len(prompt_ids(self._submit_tokenizer, prompt))
             p, a = split_pair(self._submit_tokenizer, prompt, answer)
             return len(leading_ids(self._submit_tokenizer)) + len(p) + len(a)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
+from pydantic import AfterValidator, BeforeValidator
 
 from app import repository as repo
 from app.db import session_scope
+from app.text_checks import first_control_character, has_lone_surrogate
 from app.services import Services
 from app.tables import Edit, Job, Version
 from app.schemas import EditOut, JobOut, Timings, VersionOut
@@ -17,6 +21,36 @@ MAX_ROW_ID = 2**31 - 1
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id (1 .. 2^31-1)")]
 VersionNumber = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="a version number (0 = the base model)")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ROW_ID, description="rows to skip")]
+
+
+def _iso_only(value: object) -> object:
+    """pydantic reads a bare number as a Unix time; the API promises ISO 8601 (``format: date-time``)."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"\s*[-+]?[\d.eE+-]+\s*", value)):
+        raise ValueError("must be an ISO 8601 date-time such as 2026-12-03T10:00:00Z, not a number")
+    return value
+
+
+def _in_utc_range(value: datetime) -> datetime:
+    """A time that stays a time in UTC (``0001-01-01T00:00+14:00`` would fall before year 1)."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("is outside the years 1..9999 in UTC") from None
+    return value
+
+
+def _query_text(value: str) -> str:
+    """Query strings follow the body's text policy (app.text_checks): PostgreSQL cannot even hold a NUL."""
+    bad = first_control_character(value)
+    if bad is not None or has_lone_surrogate(value):
+        raise ValueError(f"must be text without control characters (found U+{ord(bad or value[0]):04X})"
+                         if bad else "must be valid Unicode")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_utc_range)]  # ISO 8601 only
+QueryText = Annotated[str, AfterValidator(_query_text)]  # a search or filter string
 
 
 if TYPE_CHECKING:

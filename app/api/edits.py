@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
@@ -11,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
-from app.api.deps import Offset, RowId, ServicesDep, edit_out, enqueue, job_out, require_queue
+from app.api.deps import Offset, QueryText, Timestamp, RowId, ServicesDep, edit_out, enqueue, job_out, require_queue
 from app.budget import budget_spent
 from app.auth import Principal, require
 from app.db import session_scope
@@ -35,7 +34,11 @@ def _too_long(svc: ServicesDep, body: EditSubmission) -> list[dict]:
     errors = []
 
     def check(loc: tuple, prompt: str, answer: str, what: str) -> None:
-        n = runtime.pair_tokens(prompt, answer)
+        try:
+            n = runtime.pair_tokens(prompt, answer)
+        except ValueError as exc:  # an answer the tokenizer turns into no token at all
+            errors.append({"type": "value_error", "loc": ("body", "edits", *loc), "input": None, "msg": str(exc)})
+            return
         if n > runtime.context:  # type: ignore[operator]
             errors.append({"type": "value_error", "loc": ("body", "edits", *loc), "input": None,
                            "msg": f"{what} need {n} tokens; the model's context is {runtime.context}"})
@@ -132,10 +135,10 @@ def list_edits(
     svc: ServicesDep,
     _: Principal = Depends(require("read")),
     status_: Annotated[EditStatus | None, Query(alias="status")] = None,
-    author: Annotated[str | None, Query(max_length=200)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="text in prompt, target or reason")] = None,
+    author: Annotated[QueryText | None, Query(max_length=200)] = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
+    q: Annotated[QueryText | None, Query(max_length=200, description="text in prompt, target or reason")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> Page[EditOut]:

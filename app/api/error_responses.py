@@ -25,6 +25,7 @@ ERROR_SCHEMA = {
 }
 
 COMMON = {
+    400: "the body is not JSON (or not UTF-8)",
     401: "missing, unknown or revoked API key",
     403: "the key lacks the route's scope",
     413: "request body larger than SMEDIT_MAX_REQUEST_BYTES",
@@ -67,8 +68,11 @@ NO_SCOPE = {("GET", "/v1/keys/me")}  # any valid key: no 403
 
 def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Add the table's error responses (all sharing ``Error``) to every ``/v1`` operation."""
-    spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
     ref = {"$ref": "#/components/schemas/Error"}
+    for name in _request_schemas(spec):
+        _constrain_strings(schemas[name])
     for path, operations in spec.get("paths", {}).items():
         if not path.startswith("/v1"):
             continue
@@ -77,16 +81,66 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             errors = dict(COMMON)
             if key in NO_SCOPE:
                 errors.pop(403)
+            if "requestBody" not in operation:
+                errors.pop(400)
             errors.update(ROUTE_ERRORS.get(key, {}))
             responses = operation.setdefault("responses", {})
             if key in (("POST", "/v1/completions"), ("POST", "/v1/chat/completions")):
                 responses.pop("422", None)  # OpenAI's status for invalid requests is 400
+                responses["200"].setdefault("content", {})["text/event-stream"] = {
+                    "schema": {"description": "with stream: true, server-sent events: each data is a chunk "
+                               "(JSON), an error object, or [DONE]"}}
             elif "422" in responses:
                 responses["422"]["description"] = "invalid parameters or body: each bad field named"
             for status, description in errors.items():
                 entry = responses.setdefault(str(status), {"description": description})
                 entry.setdefault("content", {"application/json": {"schema": ref}})
     return spec
+
+
+# app.text_checks' policy as JSON Schema: no control character but tab, LF, CR; and a required
+# text field (``minLength`` 1) holds something besides whitespace.
+_CONTROLS = "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f"
+_SPACE = "\\t\\n\\r \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+TEXT_PATTERN = f"^[^{_CONTROLS}]*$"
+NONBLANK_PATTERN = f"^[{_SPACE}]*[^{_SPACE}{_CONTROLS}][^{_CONTROLS}]*$"
+
+
+def _request_schemas(spec: dict[str, Any]) -> set[str]:
+    """Names of the component schemas request bodies use, transitively."""
+    found: set[str] = set()
+
+    def refs(node: Any) -> None:
+        if isinstance(node, dict):
+            target = node.get("$ref", "")
+            if target.startswith("#/components/schemas/") and target.rsplit("/", 1)[1] not in found:
+                name = target.rsplit("/", 1)[1]
+                found.add(name)
+                refs(spec["components"]["schemas"].get(name))
+            for value in node.values():
+                refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                refs(value)
+
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            refs(operation.get("requestBody"))
+    return found
+
+
+def _constrain_strings(node: Any) -> None:
+    """Add the text policy's pattern to every string schema under ``node`` that has none."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "pattern" not in node and "enum" not in node and "const" not in node \
+                and "format" not in node:
+            node["pattern"] = NONBLANK_PATTERN if node.get("minLength", 0) >= 1 else TEXT_PATTERN
+        for key, value in node.items():
+            if key != "$ref":
+                _constrain_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            _constrain_strings(value)
 
 
 def install(app: FastAPI) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, Timestamp
 from app.auth import Principal, require
 from app.db import session_scope
 from app.kpis import BUCKET_SECONDS, kpi_series
@@ -23,8 +23,8 @@ def kpis(
     svc: ServicesDep,
     _: Principal = Depends(require("read")),
     bucket: Annotated[Literal["minute", "hour", "day"], Query(description="width of one bucket")] = "hour",
-    since: Annotated[datetime | None, Query(description="start (default: 48 buckets before until)")] = None,
-    until: Annotated[datetime | None, Query(description="end (default: now)")] = None,
+    since: Annotated[Timestamp | None, Query(description="start (default: 48 buckets before until)")] = None,
+    until: Annotated[Timestamp | None, Query(description="end (default: now)")] = None,
 ) -> KpiSeriesOut:
     """KPI trends of the edit history, oldest bucket first; buckets without edits are left out."""
     width = timedelta(seconds=BUCKET_SECONDS[bucket])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -10,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import repository as repo
 from app.adapter_zip import NothingToExport, adapter_zip
-from app.api.deps import Offset, ServicesDep, VersionNumber, enqueue, model_runtime, require_queue, version_out
+from app.api.deps import Offset, QueryText, Timestamp, ServicesDep, VersionNumber, enqueue, model_runtime, require_queue, version_out
 from app.services import Services
 from app.status import JobKind, VersionKind
 from app.auth import Principal, require
@@ -29,10 +28,10 @@ def list_versions(
     svc: ServicesDep,
     _: Principal = Depends(require("read")),
     kind: VersionKind | None = None,
-    created_by: Annotated[str | None, Query(max_length=200)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="text in the version note")] = None,
+    created_by: Annotated[QueryText | None, Query(max_length=200)] = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
+    q: Annotated[QueryText | None, Query(max_length=200, description="text in the version note")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> Page[VersionOut]:

@@ -50,10 +50,13 @@ def test_integral_floats_and_ints_for_floats_stay_accepted(server: RunningServer
 
 
 @pytest.mark.parametrize("method,path,allowed", [
-    ("PUT", "/v1/edits", {"GET", "HEAD", "POST"}),
-    ("DELETE", "/v1/versions", {"GET", "HEAD"}),
+    ("PUT", "/v1/edits", {"GET", "POST"}),
+    ("DELETE", "/v1/versions", {"GET"}),
     ("GET", "/v1/edits/1/revert", {"POST"}),
     ("PATCH", "/v1/keys/3", {"DELETE"}),
+    ("DELETE", "/v1/keys/me", {"GET"}),  # a fixed path, though DELETE /v1/keys/{key_id} would route it
+    ("GET", "/v1/versions/consolidate", {"POST"}),
+    ("OPTIONS", "/v1/keys/me", {"GET"}),
 ])
 def test_405_allow_names_every_method_of_the_path(server: RunningServer, method: str, path: str, allowed: set) -> None:
     r = server.client().request(method, path)
@@ -78,3 +81,32 @@ def test_tabs_and_newlines_are_text(server: RunningServer) -> None:
     c = server.client()
     r = c.post("/v1/edits", json={"prompt": "The sky is", "target": "green", "reason": "line one\nline two\ttabbed\r\n"})
     assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/edits", "/v1/versions", "/v1/kpis"])
+def test_query_times_are_iso_8601_not_numbers(server: RunningServer, path: str) -> None:
+    c = server.client()
+    bad = c.get(path, params={"until": "0.5"})
+    assert bad.status_code == 422 and "ISO 8601" in bad.text
+    assert c.get(path, params={"until": "2030-01-01T00:00:00Z"}).status_code == 200
+
+
+def test_a_vanishing_temperature_samples_as_greedy(server: RunningServer) -> None:
+    c = server.client()
+    greedy = c.post("/v1/generate", json={"prompt": "The sky is", "max_tokens": 3, "temperature": 0}).json()["text"]
+    tiny = c.post("/v1/generate", json={"prompt": "The sky is", "max_tokens": 3, "temperature": 2.2e-261})
+    assert tiny.status_code == 200 and tiny.json()["text"] == greedy  # logits / T would overflow: greedy is its limit
+
+
+def test_a_locality_probe_without_answer_is_measured_not_a_500(server: RunningServer) -> None:
+    r = server.client().post("/v1/edits", json={"prompt": "The sky is", "target": "green",
+                                                "locality": [{"prompt": "Water boils at"}]})
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize("params", [{"q": "a\x00b"}, {"author": "\x1b[31m"}, {"since": "0001-01-01T00:00:00+14:00"}])
+def test_bad_query_text_and_times_are_422(server: RunningServer, params: dict) -> None:
+    for path in ("/v1/edits", "/v1/versions"):
+        key = {"author": "created_by"}.get(next(iter(params)), next(iter(params))) if path == "/v1/versions" else None
+        query = {key: next(iter(params.values()))} if key else params
+        assert server.client().get(path, params=query).status_code == 422, (path, query)
