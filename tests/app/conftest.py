@@ -119,8 +119,18 @@ def pg_url(pg_ok: bool) -> Iterator[str]:
     try:
         yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
     finally:
-        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        # A server of the test may still be running (fixtures set up after this one stop first only
+        # when the test asked for them first): its worker's queries can deadlock with the DROP, and
+        # PostgreSQL then cancels one side. Retry until the schema is gone.
+        for attempt in range(20):
+            try:
+                with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
