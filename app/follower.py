@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
 from app.db import session_scope
+from app.errors import dependency_of
 from app.runtime import ModelRuntime
 from app.worker.replay import DeltaCache
 
@@ -148,8 +149,12 @@ class RedisFollower(PollingFollower):
                     if time.monotonic() - last >= interval:
                         break
                 self.catch_up()
-            except Exception:  # noqa: BLE001 - reconnect and catch up from the DB
-                if self.connected:
+            except Exception as exc:  # noqa: BLE001 - reconnect and catch up from the DB
+                dependency = dependency_of(exc)
+                if dependency is not None:  # an outage, not a bug: one line, not a traceback per retry
+                    log.warning("follower: %s unreachable; retrying", dependency,
+                                extra={"error": str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""})
+                elif self.connected:
                     log.exception("redis follower error; reconnecting")
                 self.connected = False
                 if pubsub is not None:

@@ -264,6 +264,8 @@ class Ready(BaseModel):
     version_replayed: bool
     worker_running: bool
     live_version: int | None
+    weights_hash: str | None = Field(None, description="SHA-256 of the weights this process serves as live_version "
+                                     "(null for a moment after a new version goes live, until hashed)")
     detail: str | None = Field(None, description="the start-up error, when start-up failed")
     phase: str = Field("starting", description="what start-up is doing now")
     role: str = Field("all", description="all (API + worker), api (replica) or worker")

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     leader_check_interval_s: float = Field(2.0, description="how often the worker verifies it still holds its lock")
     startup_db_wait_s: float = Field(120.0, description="how long start-up waits for an unreachable database")
     redis_timeout_s: float = Field(5.0, description="Redis socket / connect timeout")
+    crash_at: str = Field(
+        "", description="reliability tests only: kill -9 this process at a named moment (app.crash_points)"
+    )
     follow_interval_s: float = Field(
         5.0, description="replicas: safety-net poll of the version log (1 s when following without Redis)"
     )
@@ -114,6 +117,14 @@ class Settings(BaseSettings):
     canary_file: Path | None = Field(None, description="one canary prompt per line")
     canary_count: int = Field(256, ge=1, description="at most this many canaries (a fixed sample of the file's)")
     canary_tokens: int = 4
+
+    @field_validator("crash_at")
+    @classmethod
+    def _known_crash_point(cls, value: str) -> str:
+        from app.crash_points import parse
+
+        parse(value)
+        return value
 
     @field_validator("canary_prompts", mode="before")
     @classmethod

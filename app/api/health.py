@@ -60,6 +60,7 @@ def readyz(svc: ServicesDep) -> JSONResponse:
         version_replayed=svc.version_replayed,
         worker_running=svc.worker_running,
         live_version=live,
+        weights_hash=svc.runtime.live_hash if svc.runtime is not None else None,
         detail=svc.startup_error or (None if database == "ok" else f"database {database}"),
         phase=svc.phase,
         role=svc.role,

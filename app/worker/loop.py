@@ -23,7 +23,9 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
+from app.crash_points import CrashPoints
 from app.db import session_scope
+from app.errors import dependency_of
 from app.logging import request_id_var
 from app.metrics import Metrics
 from app.queue import Queue, QueuedJob
@@ -61,8 +63,9 @@ class Worker:
         self.cache = DeltaCache(runtime)
         self.gate = Gate(settings, runtime, metrics, list(canaries) or load_canaries(settings))
         metrics.side_effect_budget.set(settings.side_effect_budget)
+        self.crash = CrashPoints(settings.crash_at)
         self.transactions = Transactions(settings, sessions, runtime, self.cache, metrics,
-                                         announce or (lambda version: None))
+                                         announce or (lambda version: None), self.crash)
         self.edits = EditBatches(settings, sessions, runtime, self.cache, self.gate, self.transactions, metrics,
                                  enqueue=queue.put_many)
         self.process_edits = self.edits.process
@@ -128,8 +131,13 @@ class Worker:
             except FencedOff as exc:
                 log.error("fenced off: another writer committed; re-checking the lock", extra={"error": str(exc)})
                 return
-            except Exception as exc:  # noqa: BLE001 - e.g. the DB is briefly unreachable: retry
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis is briefly unreachable: retry
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if dependency_of(exc) == "database":
+                    # Mid-job: what it wrote was rolled back, its rows may still say running. Step
+                    # down; the next take-over (this worker's or another's) puts them back to pending.
+                    log.error("database unreachable during a job; stepping down", extra={"error": str(exc)[:300]})
+                    return
                 log.exception("worker loop error; retrying")
                 self._stop.wait(1.0)
 
@@ -167,6 +175,7 @@ class Worker:
         with session_scope(self.sessions) as s:
             repo.reset_running(s)
             ids = repo.pending_job_ids(s)
+        self.crash.reach("during_recovery")
         reclaim = getattr(self.queue, "reclaim_all", None)
         if reclaim is not None:
             n = reclaim()
@@ -234,6 +243,7 @@ class Worker:
         with session_scope(self.sessions) as s:
             rows = {j.id: (j.kind, j.status) for j in s.query(Job).filter(Job.id.in_([m.job_id for m in batch]))}
         run: list[int] = []
+        fresh = any(rows.get(m.job_id, (None, None))[1] == JobStatus.PENDING for m in batch)
         for msg in batch:
             kind, status = rows.get(msg.job_id, (None, None))
             if status != JobStatus.PENDING:
@@ -254,6 +264,8 @@ class Worker:
                 self._guarded(self.edits.record_side_effects, [msg.job_id])
         if run:
             self._edit_run(run)
+        if fresh:
+            self.crash.reach("before_ack")
         self.queue.ack(batch)
         self.runtime.notify_progress()  # wakes GET /v1/edits/{id}?wait_s=... in this process
 
@@ -268,7 +280,9 @@ class Worker:
         except FencedOff:
             self._resync()
             raise
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            if dependency_of(exc) == "database":
+                raise  # not the batch's fault: the take-over after the outage runs it again
             log.exception("edit batch failed; retrying its edits one by one", extra={"jobs": run})
             with session_scope(self.sessions) as s:
                 for job_id in run:
@@ -294,6 +308,8 @@ class Worker:
             raise
         except Exception as exc:  # noqa: BLE001
             self.last_error = f"{type(exc).__name__}: {exc}"
+            if dependency_of(exc) == "database":
+                raise  # an outage is not the job's fault: it must not end failed
             log.exception("job failed", extra={"jobs": job_ids})
             error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             with session_scope(self.sessions) as s:

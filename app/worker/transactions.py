@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import repository as repo
+from app.crash_points import CrashPoints
 from app.db import session_scope
 from app.metrics import Metrics
 from app.runtime import Delta, EditMeasure, EditRequest, ModelRuntime, make_request
@@ -71,9 +72,10 @@ class Replacement:
 class Transactions:
     def __init__(
         self, settings: Settings, sessions: sessionmaker[Session], runtime: ModelRuntime, cache: DeltaCache,
-        metrics: Metrics, announce: Callable[[int], None],
+        metrics: Metrics, announce: Callable[[int], None], crash: CrashPoints | None = None,
     ) -> None:
         self.settings = settings
+        self.crash = crash or CrashPoints()
         self.sessions = sessions
         self.runtime = runtime
         self.cache = cache
@@ -129,7 +131,9 @@ class Transactions:
                 self._record_outcome(edit, outcome, new_version, new_active[-1][0] if eid in good else None, now)
             for job_id, _ in todo:
                 repo.finish_job(s, job_id, new_version, now)
+            self.crash.reach("edit_commit_open")
         if new_version is not None:
+            self.crash.reach("after_edit_commit")
             self.runtime.mark_live(new_version, [i for i, _ in new_active], None)
             self.metrics.batch_size.observe(len(good))
             self.after_version(VersionKind.EDIT, new_version)
@@ -276,6 +280,7 @@ class Transactions:
                         o.metrics = {**(o.metrics or {}), "after_recompute": m.as_dict()}
                     repo.finish_job(s, job_id, version.number)
                     number = version.number
+            self.crash.reach("after_revert_commit")
             self.runtime.mark_live(number, [i for i, _ in new_active], digest)
         self.after_version(VersionKind.REVERT, number)
         self.metrics.edits.labels(EditStatus.REVERTED).inc()
@@ -323,6 +328,7 @@ class Transactions:
                     transitions = [EditStatus(e.status) for e in repo.get_edits(s, changed)]
                     repo.finish_job(s, job_id, version.number)
                     number = version.number
+            self.crash.reach("after_revert_commit")
             self.runtime.mark_live(number, wanted_ids, digest)
         self.after_version(VersionKind.RESTORE, number)
         for status in transitions:  # a restore reverts and re-applies edits too
@@ -357,6 +363,8 @@ class Transactions:
                     e.metrics = {**(e.metrics or {}), "after_consolidation": measures[eid].as_dict()}
             repo.finish_job(s, job_id, version.number)
             number, new_id = version.number, row.id
+            self.crash.reach("consolidation_open")
+        self.crash.reach("after_consolidation_commit")
         self.runtime.mark_live(number, [new_id], None)
         self.after_version(VersionKind.CONSOLIDATE, number)
         self.record_hash(number)

@@ -92,7 +92,8 @@ class LocalCluster:
     members: list[Member] = field(default_factory=list)
     _count: int = 0
 
-    def _spawn(self, role: str, port: int | None = None, name: str | None = None) -> Member:
+    def _spawn(self, role: str, port: int | None = None, name: str | None = None,
+               env: dict[str, str] | None = None) -> Member:
         self._count += 1
         port = port or free_port(self.host)
         name = name or f"{role}{self._count}"
@@ -102,6 +103,7 @@ class LocalCluster:
             **os.environ,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             **self.env,
+            **(env or {}),
             "SMEDIT_DATABASE_URL": self.database_url,
             "SMEDIT_REDIS_URL": self.redis_url,
             "SMEDIT_ROLE": role,
@@ -124,8 +126,10 @@ class LocalCluster:
     def start_api(self, port: int | None = None, name: str | None = None) -> Member:
         return self._spawn("api", port, name)
 
-    def start_worker(self, port: int | None = None, name: str | None = None) -> Member:
-        return self._spawn("worker", port, name)
+    def start_worker(self, port: int | None = None, name: str | None = None,
+                     env: dict[str, str] | None = None) -> Member:
+        """A worker process; ``env`` adds to the cluster's (e.g. ``SMEDIT_CRASH_AT`` for one member)."""
+        return self._spawn("worker", port, name, env)
 
     def start(self, api_replicas: int = 2, workers: int = 1, api_ports: list[int] | None = None,
               worker_ports: list[int] | None = None, timeout: float = 300.0) -> "LocalCluster":

@@ -116,21 +116,17 @@ def pg_url(pg_ok: bool) -> Iterator[str]:
     schema = f"smedit_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
     try:
-        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+        yield url
     finally:
-        # A server of the test may still be running (fixtures set up after this one stop first only
-        # when the test asked for them first): its worker's queries can deadlock with the DROP, and
-        # PostgreSQL then cancels one side. Retry until the schema is gone.
-        for attempt in range(20):
-            try:
-                with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
-                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                break
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
-                if attempt == 19:
-                    raise
-                time.sleep(0.25)
+        # Servers of the test still running on this schema stop first (fixtures set up after this
+        # one are torn down before it only when the test asked for them later): a live worker's
+        # queries would otherwise race the DROP.
+        for srv in [s for s in LIVE_SERVERS if schema in s.database_url]:
+            srv.stop()
+        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -175,6 +171,10 @@ class RunningServer:
     thread: threading.Thread
     app: Any
 
+    @property
+    def database_url(self) -> str:
+        return self.services.settings.resolved_database_url()
+
     def client(self, key: str | None = ADMIN_KEY, timeout: float = 60.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -187,6 +187,10 @@ class RunningServer:
         self.server.should_exit = True
         self.thread.join(30)
         assert not self.thread.is_alive(), "server did not stop"
+        LIVE_SERVERS[:] = [s for s in LIVE_SERVERS if s is not self]
+
+
+LIVE_SERVERS: list[RunningServer] = []  # started by start_server and not stopped yet
 
 
 def start_server(settings: Any, ready_timeout: float = 120.0) -> RunningServer:
@@ -209,7 +213,9 @@ def start_server(settings: Any, ready_timeout: float = 120.0) -> RunningServer:
             r = httpx.get(f"{url}/readyz", timeout=5)
             last = r.json()
             if r.status_code == 200:
-                return RunningServer(url, server, thread, app)
+                running = RunningServer(url, server, thread, app)
+                LIVE_SERVERS.append(running)
+                return running
             if last.get("detail"):
                 raise RuntimeError(f"start-up failed: {last['detail']}")
         except httpx.TransportError:
