@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,27 +107,31 @@ def pg_ok() -> bool:
     return postgres_available()
 
 
-@pytest.fixture
-def pg_url(pg_ok: bool) -> Iterator[str]:
-    """A fresh schema on the local Postgres (dropped afterwards), as a SQLAlchemy URL."""
-    if not pg_ok:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 (db test, user postgres) is not reachable")
+@contextmanager
+def fresh_pg_schema() -> Iterator[str]:
+    """A new schema on the local Postgres as a SQLAlchemy URL; dropped afterwards, once the
+    servers still running on it are stopped (their workers' queries would race the DROP)."""
     import psycopg
 
     schema = f"smedit_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
     try:
-        yield url
+        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
     finally:
-        # Servers of the test still running on this schema stop first (fixtures set up after this
-        # one are torn down before it only when the test asked for them later): a live worker's
-        # queries would otherwise race the DROP.
         for srv in [s for s in LIVE_SERVERS if schema in s.database_url]:
             srv.stop()
         with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_url(pg_ok: bool) -> Iterator[str]:
+    """A fresh schema on the local Postgres (dropped afterwards), as a SQLAlchemy URL."""
+    if not pg_ok:
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 (db test, user postgres) is not reachable")
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

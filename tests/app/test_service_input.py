@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import httpx
 import pytest
 
-from tests.app.conftest import RunningServer, make_settings, start_server
+from tests.app.conftest import RunningServer, fresh_pg_schema, make_settings, postgres_available, start_server
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):  # one server for the module: bad input stores nothing
-    srv = start_server(make_settings(tiny_model_dir, tmp_path_factory.mktemp("input_data")))
-    yield srv
-    srv.stop()
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, tiny_model_dir, tmp_path_factory):
+    """One server per database for the module (bad input stores nothing): every case below is
+    refused the same way on SQLite and on PostgreSQL."""
+    with ExitStack() as stack:
+        url = None
+        if request.param == "postgres":
+            if not postgres_available():
+                pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable (.ci/run starts it)")
+            url = stack.enter_context(fresh_pg_schema())
+        srv = start_server(make_settings(tiny_model_dir, tmp_path_factory.mktemp("input_data"), database_url=url))
+        yield srv
+        srv.stop()
 
 OK = {"prompt": "The sky is", "target": "blue"}
 LONG = "x" * 3000  # over max_prompt_chars (2000) and max_target_chars (500)
