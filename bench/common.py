@@ -165,6 +165,21 @@ def peak_memory_during(fn: Callable[[], object], interval_s: float = 0.001) -> t
     return result, float(peak[0] - base)
 
 
+# Student's t quantile t(0.975, df) for df = 1..30 (beyond: the normal 1.96); no scipy needed.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def ci95(values: list[float]) -> float | None:
+    """Half-width of the 95 % confidence interval of the mean (t distribution); None for one value."""
+    if len(values) < 2:
+        return None
+    df = len(values) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return t * statistics.stdev(values) / len(values) ** 0.5
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table

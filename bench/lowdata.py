@@ -3,7 +3,7 @@
     python -m bench.lowdata [--size tiny|small] [--fractions 0.05 0.25 1] [--seeds 0] [--quick]
 
 Each method (SMEdit S=2 L2, MALMEN S=1 KL, SMEdit S=1 L2) is meta-trained for the same number of
-steps on a seeded subsample of the train-split edits (``editor_core.data.subsample``: with one
+steps on a seeded subsample of the train-split edits (``editor_core.splits.subsample``: with one
 seed a smaller share is a subset of a larger one) and evaluated on the same held-out edits of the
 eval split, in batches of ``--batch-size``. When a share has fewer edits than the meta-training
 batch (16), the batch shrinks to the share (``train_batch`` in the JSON). Editors are cached with
@@ -32,7 +32,7 @@ def run_lowdata(model, tok, train, val, evaluation, fractions: list[float], meth
                 max_steps: int, seed: int, modules, cache: Path, tag: str, generation: bool = True,
                 progress: bool = True, results: dict | None = None) -> dict:
     """Meta-train every method on every share of ``train``; evaluate on ``evaluation``."""
-    from editor_core.data import subsample
+    from editor_core.splits import subsample
     from editor_core.evaluate import evaluate_editing
 
     results = {} if results is None else results

@@ -1,16 +1,23 @@
-"""Quality suite on the demo world: every method, the same held-out edits, the same metrics.
+"""Quality suite on the demo world: every method, the same edits, the same metrics.
 
-    python -m bench.quality [--size tiny|small] [--seeds 0 1 2] [--batch-sizes 1 16 128] [--quick]
+    python -m bench.quality [--size tiny|small] [--split dev|test] [--seeds 0 1 2 3 4]
+        [--batch-sizes 1 16 128] [--json FILE] [--quick]
 
-Methods: no-edit, FT-L, the untrained editor (calibrated step size, identity hypernetworks: what
-meta-training adds is the gap to it), MALMEN (S=1, KL) and SMEdit (S=1 and S=2, L2), each editor
-meta-trained on the world's train-split edits with the seed, and cached by its settings.
-Evaluation edits come from the eval-split entities, never seen in meta-training.
+Methods: no-edit, FT-L, MEMIT (training-free, closed form, ``editor_core.memit``), the untrained editor (calibrated step size, identity hypernetworks: what
+meta-training adds is the gap to it), MALMEN (S=1, KL, plain ridge) and SMEdit (S=1 and S=2, L2),
+each editor meta-trained on the world's train-split edits with the seed, and cached by its settings.
+
+Splits (entities disjoint): meta-training edits train entities; ``--split dev`` evaluates the
+editors' validation entities (never meta-trained on: choose settings here), ``--split test`` the
+eval entities (report once per configuration).
 
 Columns: ES/GS token-level teacher-forced (the papers' metric), ``first`` = first answer token,
 ``gen`` = greedy decoding produces the target; GS on the anchor phrasing (understood by the model
-but never seen for these entities) and the unseen phrasing; LS on other entities and on the
-edited entity's other relations.
+but never seen for these entities) and the unseen phrasing (never pretrained); LS ("unchanged vs
+before the edit", WISE-style) and Spec (token accuracy of the TRUE answer, the papers'
+Specificity) on other entities and on the edited entity's other relations. The printed ceiling is
+the unedited model's accuracy of the true answers on the same phrasings: GS cannot be expected
+above it. Every entry has mean, std and a 95 % confidence half-width (t, over seeds).
 """
 
 from __future__ import annotations
@@ -23,31 +30,45 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
+from bench.common import ci95, demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from demo_world.build import DEMO_SIZES, editor_requests, preservation_requests
 from editor_core.editor import SMEditor
-from editor_core.evaluate import evaluate_editing
+from editor_core.evaluate import evaluate_editing, paraphrase_ceiling
+from editor_core.memit import MEMITConfig, MEMITEditor
 from editor_core.train import CALIBRATION_BATCHES, TrainConfig, calibrate_init_lr, meta_train, warm_normalisers
 
 COLUMNS = ["es", "es_first", "es_gen", "gs_anchor", "gs_anchor_first", "gs_anchor_exact", "gs_unseen",
-           "gs_unseen_first", "ls_other", "ls_same"]
+           "gs_unseen_first", "ls_other", "ls_same", "spec_other", "spec_same"]
+SPLITS = ("dev", "test")
 
 
 def method_configs(max_steps: int, seed: int, modules: list[str] | None = None) -> dict[str, TrainConfig]:
     base = dict(max_steps=max_steps, seed=seed, val_every=max(1, max_steps // 4), modules=modules)
+    plain = dict(precondition="none", key_shrinkage=1.0)  # the papers' solve: a plain ridge, no key covariance
     return {
-        # MALMEN as published: one step, KL, the plain ridge (no key covariance); rows named so before
-        # 2026-12-02 used this project's key-covariance ridge ("... precondition=full key_shrinkage=0.1")
-        "MALMEN S=1 KL": TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, precondition="none", key_shrinkage=1.0, **base),
-        "SMEdit S=1 L2": TrainConfig(n_steps=1, reg="l2", reg_coef=1e-3, **base),
-        "SMEdit S=2 L2": TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, **base),
-        "SMEdit S=3 L2": TrainConfig(n_steps=3, reg="l2", reg_coef=1e-3, **base),
+        # MALMEN as published: one step, KL, the plain ridge; rows named so before 2026-12-02 used
+        # this project's key-covariance ridge ("... precondition=full key_shrinkage=0.1")
+        "MALMEN S=1 KL": TrainConfig(n_steps=1, reg="kl", reg_coef=1.0, **plain, **base),
+        # SMEdit as published: S steps, L2 (Frobenius) on the shift, the plain ridge; rows named so
+        # before 2026-12-03 used the key-covariance ridge, now the "+cov" rows
+        "SMEdit S=1 L2": TrainConfig(n_steps=1, reg="l2", reg_coef=1e-3, **plain, **base),
+        "SMEdit S=2 L2": TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, **plain, **base),
+        "SMEdit S=3 L2": TrainConfig(n_steps=3, reg="l2", reg_coef=1e-3, **plain, **base),
+        # this project's variant: the ridge weighted by the edited module's key covariance (shrunk)
+        "SMEdit S=2 L2 +cov": TrainConfig(n_steps=2, reg="l2", reg_coef=1e-3, precondition="full", key_shrinkage=0.1,
+                                          **base),
     }
 
 
-DEFAULT_METHODS = ["no-edit", "FT-L eps=0.01", "FT-L eps=0.03", "FT-L eps=0.1", "untrained S=2", "MALMEN S=1 KL",
-                   "SMEdit S=1 L2", "SMEdit S=2 L2", "SMEdit S=3 L2"]
+def trains_at_test_batch(name: str) -> bool:
+    """MALMEN is meta-trained at the batch size it is tested at (as in its paper); the SMEdit rows
+    at one batch size for every test batch (the service's conditions)."""
+    return name.startswith("MALMEN")
+
+
+DEFAULT_METHODS = ["no-edit", "FT-L eps=0.01", "FT-L eps=0.03", "FT-L eps=0.1", "MEMIT", "untrained S=2", "MALMEN S=1 KL",
+                   "SMEdit S=1 L2", "SMEdit S=2 L2", "SMEdit S=3 L2", "SMEdit S=2 L2 +cov"]
 
 
 def demo_modules(model, spec, layers: int | None = None) -> list[str] | None:
@@ -112,7 +133,8 @@ def summarise(results: dict[str, dict], columns: list[str]) -> list[list]:
                  if any(r.get(c) is not None for r in runs) else None for c in columns}
         spread = {c: (statistics.stdev([r[c] for r in runs])
                       if len(runs) > 1 and all(r.get(c) is not None for r in runs) else 0.0) for c in columns}
-        entry.update({"mean": means, "std": spread})
+        half = {c: ci95([r[c] for r in runs]) if all(r.get(c) is not None for r in runs) else None for c in columns}
+        entry.update({"mean": means, "std": spread, "ci95": half})
         rows.append([means[c] if means[c] is not None else "-" for c in columns])
     return rows
 
@@ -135,6 +157,23 @@ def untrained_editor(model, tok, train, cfg: TrainConfig, preserve=None) -> SMEd
 # fields (``reg=C`` sets the coefficient, as the L2/KL choice is part of the method's name).
 OPTION_FIELDS = ("reg", "meta_lr", "rank", "n_blocks", "max_steps", "batch_size", "init_lr", "l2_metric",
                  "locality_weight", "precondition", "key_shrinkage", "key_source", "live_weight", "live_history")
+
+
+def memit_config(name: str, modules: list[str] | None) -> MEMITConfig:
+    """``"MEMIT mom2_weight=1e3 v_steps=40"`` -> its config (any ``MEMITConfig`` field but modules)."""
+    from dataclasses import fields
+
+    types = {f.name: f.type for f in fields(MEMITConfig) if f.name != "modules"}
+    values: dict = {}
+    for word in name.split(" ")[1:]:
+        key, _, value = word.partition("=")
+        if key not in types or not value:
+            raise ValueError(f"method {name!r}: unknown MEMIT option {word!r} (use {', '.join(types)})")
+        try:
+            values[key] = int(value) if str(types[key]) == "int" else float(value)
+        except ValueError:
+            raise ValueError(f"method {name!r}: {key}= wants a number, got {value!r}") from None
+    return MEMITConfig(modules=modules, **values)
 
 
 def split_options(name: str) -> tuple[str, dict]:
@@ -168,15 +207,20 @@ def make_method(name: str, model, tok, train, val, *, max_steps: int, seed: int,
 
     if name == "no-edit":
         return NoEdit().edit
+    if name == "MEMIT" or name.startswith("MEMIT "):
+        if not preserve:
+            raise ValueError(f"method {name!r}: MEMIT needs the facts the model knows (no preservation set here)")
+        return MEMITEditor(model, tok, memit_config(name, modules)).fit(preserve).edit
     if name.startswith("FT-L eps="):
         bound = float(name.split("=", 1)[1])
         return FTLEditor(model, tok, FTLConfig(norm_bound=bound, lr=bound, modules=modules)).edit
     base_name, overrides = split_options(name)
     configs = method_configs(max_steps, seed, modules)
-    if base_name == "untrained S=2":
-        return untrained_editor(model, tok, train, replace(configs["SMEdit S=2 L2"], **overrides), preserve).edit
+    if base_name in ("untrained S=2", "untrained S=2 +cov"):  # the SMEdit row's solve, identity hypernetworks
+        source = configs["SMEdit S=2 L2" + base_name[len("untrained S=2"):]]
+        return untrained_editor(model, tok, train, replace(source, **overrides), preserve).edit
     if base_name not in configs:
-        raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 or one of "
+        raise ValueError(f"unknown method {name!r}; use no-edit, FT-L eps=B, untrained S=2 [+cov] or one of "
                          f"{sorted(configs)}, optionally followed by options such as ' reg=C' "
                          f"(any of {', '.join(OPTION_FIELDS)})")
     cfg = replace(configs[base_name], **overrides)
@@ -203,6 +247,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--edit-layers", type=int, default=None,
                         help="edit the MLP outputs of the last K layers instead of the demo editors' layers "
                              "(results go to quality_<size>_layers<K>.json)")
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="dev: the editors' validation entities (choose settings here); test: the held-out "
+                             "eval entities (report, once per configuration)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the results here (always: bench/results/quality_<size>[_dev][_layers<K>].json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.batch_sizes, args.n_eval, args.max_steps = [0], [16], 64, 150
@@ -214,21 +263,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     spec = DEMO_SIZES[args.size]
     cache = results_dir() / "editors" / args.size
     results: dict[str, dict] = {}
+    ceilings: dict[str, list[float | None]] = {}  # the base model's own accuracy, per paraphrase group
     started = time.perf_counter()
     for seed in args.seeds:
         train, val = editor_requests(world, spec, seed)
-        evaluation = world.edit_requests("eval", seed=seed)[: args.n_eval]
+        evaluation = (val if args.split == "dev" else world.edit_requests("eval", seed=seed))[: args.n_eval]
         if len(evaluation) < args.n_eval:
-            print(f"note: the '{args.size}' world has {len(evaluation)} held-out edits (asked for {args.n_eval})")
+            print(f"note: the '{args.size}' world's {args.split} split has {len(evaluation)} edits "
+                  f"(asked for {args.n_eval})")
+        for key, value in paraphrase_ceiling(model, tok, evaluation).items():
+            ceilings.setdefault(key, []).append(value)
         modules = demo_modules(model, spec, args.edit_layers)
         names = args.methods or DEFAULT_METHODS
-        methods = {name: make_method(name, model, tok, train, val, max_steps=args.max_steps, seed=seed,
-                                     modules=modules, cache=cache, tag=f"{args.size}-{paths.root}",
-                                     preserve=preservation_requests(world, seed))
-                   for name in names}
-        for name, edit_fn in methods.items():
+        built: dict[tuple[str, int | None], object] = {}
+        for name in names:
             for n in args.batch_sizes:
                 n_eff = effective_batch(n, len(evaluation))
+                key = (name, min(n_eff, len(train)) if trains_at_test_batch(name) else None)
+                if key not in built:
+                    built[key] = make_method(name, model, tok, train, val, max_steps=args.max_steps, seed=seed,
+                                             modules=modules, cache=cache, tag=f"{args.size}-{paths.root}",
+                                             batch_size=key[1], preserve=preservation_requests(world, seed))
+                edit_fn = built[key]
                 report = evaluate_editing(model, tok, edit_fn, evaluation, batch_size=n_eff, generation=True,
                                           pass_live=wants_live(edit_fn))
                 entry = results.setdefault(f"{name}|{n}", {"method": name, "batch": n, "batch_effective": n_eff})
@@ -237,15 +293,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                      "edit_s": report["timing"]["edit_seconds_mean"]})
 
     rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
-    print_table(f"edit quality, demo '{args.size}', seeds {args.seeds}, {args.n_eval} held-out edits",
+    ceiling = {k: statistics.mean(v) for k, v in ceilings.items() if v and all(x is not None for x in v)}
+    print_table(f"edit quality, demo '{args.size}', {args.split} split, seeds {args.seeds}, {args.n_eval} edits",
                 ["method", "n"] + COLUMNS, rows)
+    print("ceiling (the unedited model's token accuracy of the TRUE answer on these phrasings): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(ceiling.items())))
     from bench.plots import plot_quality
 
-    suffix = f"_layers{args.edit_layers}" if args.edit_layers is not None else ""
-    write_with_plots(f"quality_{args.size}{suffix}", {
-        "size": args.size, "edit_modules": demo_modules(model, spec, args.edit_layers), "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval,
-        "n_eval_used": len(evaluation), "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
-    }, plot_quality)
+    suffix = ("_dev" if args.split == "dev" else "") + (f"_layers{args.edit_layers}" if args.edit_layers is not None else "")
+    payload = {
+        "size": args.size, "split": args.split, "edit_modules": demo_modules(model, spec, args.edit_layers),
+        "seeds": args.seeds, "max_steps": args.max_steps, "n_eval": args.n_eval, "n_eval_used": len(evaluation),
+        "ceiling": ceiling, "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
+    }
+    path, _ = write_with_plots(f"quality_{args.size}{suffix}", payload, plot_quality)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(path.read_text())
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

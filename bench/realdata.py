@@ -24,14 +24,18 @@ sentence-transformers, which is not needed)::
 
 or from ``--minilm-dir DIR`` (a BERT checkpoint directory with a WordPiece tokenizer).
 
-The N records are split 70/10/20 (seeded): editors (SMEdit S=2 L2, MALMEN S=1 KL, cached like the
-quality suite's) are meta-trained on the counterfactual edits (``target_new``) of the first part,
-validated on the second, and every method is evaluated on the held-out third with
-``editor_core.evaluate.evaluate_editing``. ``no-edit`` is the floor.
+The N records are split 70/10/20 by subject (``editor_core.splits.split_by_subject``, split seed
+fixed at ``SPLIT_SEED``: the same parts for every ``--seeds`` value, no subject in two parts):
+editors (SMEdit S=2 L2, MALMEN S=1 KL, cached like the quality suite's) are meta-trained on the
+counterfactual edits (``target_new``) of the train part; ``--split dev`` evaluates the dev part
+(choose settings there), ``--split test`` (default) the test part, with
+``editor_core.evaluate.evaluate_editing``. ``no-edit`` is the floor. The seeds vary meta-training
+and the order of the evaluated records.
 
 Columns: ``es`` / ``es_first`` / ``es_gen`` (edit success: token accuracy, first token, greedy
 decoding), ``gs`` / ``gs_first`` (the paraphrase), ``ls`` (neighbourhood prompt: share of answer
-tokens whose argmax the edit left unchanged), ``cf_efficacy`` (P(new) > P(true) on the prompt) and
+tokens whose argmax the edit left unchanged), ``spec`` (the neighbourhood's TRUE answer, token
+accuracy: the papers' Specificity), ``cf_efficacy`` (P(new) > P(true) on the prompt) and
 ``cf_neighbourhood`` (the neighbour's true answer still beats the new target). ``base_model`` in the
 JSON reports what the base model knows (exact match of the true answer) on the held-out records'
 prompts and paraphrases, on neighbourhood prompts, and on a control of records it never saw.
@@ -62,8 +66,9 @@ from pathlib import Path
 from bench.common import print_table, results_dir, write_with_plots
 
 DEFAULT_DATA = Path("../shared/data/counterfact/train.json")
-COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_first", "gs_gen", "ls", "cf_efficacy", "cf_neighbourhood"]
-DEFAULT_METHODS = ["no-edit", "MALMEN S=1 KL", "SMEdit S=2 L2"]
+COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_first", "gs_gen", "ls", "spec", "cf_efficacy", "cf_neighbourhood"]
+SPLIT_SEED = 0  # one train / dev / test partition of the records for every run
+DEFAULT_METHODS = ["no-edit", "MEMIT", "MALMEN S=1 KL", "SMEdit S=2 L2"]
 LM_VERSION = "1"  # bump when the corpus recipe changes
 
 
@@ -260,6 +265,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="T: apply T batches one after another before measuring all of them (lifelong-style)")
     parser.add_argument("--max-steps", type=int, default=300, help="meta-training steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--split", choices=["dev", "test"], default="test",
+                        help="dev: choose settings; test: report (subject-disjoint from train and dev)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen, gs_gen)")
     parser.add_argument("--device", default="auto")
@@ -274,7 +282,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     from bench.quality import effective_batch, make_method, summarise, wants_live
     from editor_core.arch import last_layer_modules, layer_count
-    from editor_core.data import DataFormatError, load_edits, split_requests
+    from editor_core.data import DataFormatError, load_edits
+    from editor_core.splits import split_by_subject
     from editor_core.evaluate import evaluate_editing
     from editor_core.models import load_model
 
@@ -319,14 +328,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(records)]
     results: dict = {}
     base = None
+    train, val, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
+    print(f"split by subject: {len(train)} train, {len(val)} dev, {len(test)} test records; evaluating {args.split}")
+    import random
+
     for seed in args.seeds:
-        train, val, held_out = split_requests(records, [0.7, 0.1, 0.2], seed=seed)
-        evaluation = held_out[: args.n_eval]
+        pool = list(val if args.split == "dev" else test)
+        random.Random(seed).shuffle(pool)
+        evaluation = pool[: args.n_eval]
         if base is None:
             base = knowledge(model, tok, evaluation, control)
             print("base model knows (exact match of the true answer):",
                   {k: round(v, 3) if isinstance(v, float) else v for k, v in base.items()})
-        extra = {"data": args.data.name, "n_records": len(records), "split_seed": seed}
+        extra = {"data": args.data.name, "n_records": len(records), "split": f"subject/{SPLIT_SEED}"}
         for method in args.methods:
             edit_fn = make_method(method, model, tok, train, val, max_steps=args.max_steps, seed=seed,
                                   modules=modules, cache=results_dir() / "editors" / "realdata",
@@ -342,11 +356,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
                                                      "edit_s": report["timing"]["edit_seconds_mean"]})
     rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
-    print_table(f"real-data edits, {name}, {len(records)} records, seeds {args.seeds}, T={args.sequential}",
+    print_table(f"real-data edits, {name}, {len(records)} records, {args.split} split, seeds {args.seeds}, "
+                f"T={args.sequential}",
                 ["method", "n"] + COLUMNS, rows)
     from bench.plots import plot_quality
 
-    write_with_plots(f"realdata_{name}", {
+    path, _ = write_with_plots(f"realdata_{name}" + ("_dev" if args.split == "dev" else ""), {
+        "split": args.split, "split_sizes": {"train": len(train), "dev": len(val), "test": len(test)},
         "dataset": f"{dataset} {args.data.name}", "data": str(args.data), "n_records": len(records),
         "model_dir": str(model_dir), "lm": None if args.model_dir is not None else args.lm,
         "base": None if args.model_dir is not None else args.base,
@@ -355,6 +371,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "base_model": base, "seeds": args.seeds, "sequential": args.sequential, "max_steps": args.max_steps, "n_eval": args.n_eval,
         "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
     }, plot_quality)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(path.read_text())
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Baselines run through the same harness as SMEdit: no-edit and FT-L.
+"""Baselines run through the same harness as SMEdit: no-edit and FT-L (MEMIT: ``editor_core.memit``).
 
 MALMEN is not here: it is ``SMEditor`` with one step, meta-trained with the KL regulariser
 (``TrainConfig(n_steps=1, reg="kl")``), so it shares every line of the editing code.

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 from editor_core.types import EditRequest, LocalityProbe
 
@@ -355,43 +354,3 @@ def save_jsonl(requests: Iterable[EditRequest], path: PathLike) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_text("".join(lines), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _shuffled_indices(n: int, seed: int) -> list[int]:
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return order
-
-
-def subsample(requests: Sequence[EditRequest], fraction: float, seed: int = 0) -> list[EditRequest]:
-    """A deterministic ``fraction`` of ``requests`` (at least one), in their original order.
-
-    For low-data benchmarks: with one seed, a smaller fraction is always a subset of a larger
-    one, so results across fractions differ by the amount of data, not by which facts were drawn.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    if not requests:
-        return []
-    k = max(1, round(fraction * len(requests)))
-    return [requests[i] for i in sorted(_shuffled_indices(len(requests), seed)[:k])]
-
-
-def split_requests(requests: Sequence[EditRequest], parts: Sequence[float] | Sequence[int],
-                   seed: int = 0) -> tuple[list[EditRequest], ...]:
-    """Disjoint random parts, given as fractions (summing to at most 1) or as integer sizes.
-
-    Each part keeps the original order; fractions that sum to 1 use every request.
-    """
-    n = len(requests)
-    if all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
-        if min(parts, default=0) < 0 or sum(parts) > n:
-            raise ValueError(f"sizes {list(parts)} must be non-negative and sum to at most {n}")
-        bounds = [sum(parts[:i + 1]) for i in range(len(parts))]
-    else:
-        if min(parts, default=0) < 0 or sum(parts) > 1 + 1e-9:
-            raise ValueError(f"fractions {list(parts)} must be non-negative and sum to at most 1")
-        bounds = [min(n, round(sum(parts[:i + 1]) * n)) for i in range(len(parts))]
-    order = _shuffled_indices(n, seed)
-    starts = [0] + bounds[:-1]
-    return tuple([requests[i] for i in sorted(order[a:b])] for a, b in zip(starts, bounds))

@@ -79,18 +79,27 @@ def measure_requests(
         [t for s in ref_slices for t in s.texts], [a for s in ref_slices for a in s.argmax]
     )
     ls_flat = locality_scores(model, tok, flat_probes, flat_ref) if flat_probes else []
+    # the papers' Specificity: token accuracy of each probe's TRUE answer (LS is "unchanged vs before")
+    known = [i for i, p in enumerate(flat_probes) if p.answer]
+    tf_known = teacher_forced(model, tok, [flat_probes[i].prompt for i in known],
+                              [flat_probes[i].answer for i in known]) if known else []
+    spec_flat: list[float | None] = [None] * len(flat_probes)
+    for i, s in zip(known, tf_known):
+        spec_flat[i] = s.token_acc
     rows, cursor = [], 0
     for request, score, ps in zip(requests, scores, probes):
         ls = ls_flat[cursor : cursor + len(ps)]
+        spec = spec_flat[cursor : cursor + len(ps)]
         cursor += len(ps)
         row = {
             "prompt": request.prompt, "target": request.target,
             "es": score.es, "es_exact": score.es_exact, "es_first": score.es_first, "es_gen": score.es_gen,
             "gs": score.gs, "gs_exact": score.gs_exact, "gs_first": score.gs_first, "gs_gen": score.gs_gen,
-            "ls": _mean(ls),
+            "ls": _mean(ls), "spec": _mean(spec),
         }
         for group, indices in _locality_groups(request).items():
             row[f"ls_{group}"] = _mean([ls[i] for i in indices if i < len(ls)])
+            row[f"spec_{group}"] = _mean([spec[i] for i in indices if i < len(spec)])
         for group, texts in _paraphrase_groups(request).items():
             tf = teacher_forced(model, tok, texts, [request.target] * len(texts))
             row[f"gs_{group}"] = _mean([s.token_acc for s in tf])
@@ -108,6 +117,23 @@ def measure_requests(
                 row["cf_neighbourhood"] = _mean(wins)
         rows.append(row)
     return rows
+
+
+def paraphrase_ceiling(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> dict:
+    """What the unedited model gives on each paraphrase group of the edited facts, for the TRUE
+    answer (``ground_truth``): ``gs_<group>_ceiling``, token accuracy. An editor that moves an
+    answer cannot be expected to generalise to phrasings the model does not understand for the
+    facts it knows, so GS on a group is read against this."""
+    out: dict[str, float | None] = {}
+    texts: dict[str, list[tuple[str, str]]] = {}
+    for r in requests:
+        if r.ground_truth:
+            for group, phrasings in _paraphrase_groups(r).items():
+                texts.setdefault(group, []).extend((t, r.ground_truth) for t in phrasings)
+    for group, pairs in sorted(texts.items()):
+        tf = teacher_forced(model, tok, [p for p, _ in pairs], [a for _, a in pairs])
+        out[f"gs_{group}_ceiling"] = _mean([s.token_acc for s in tf])
+    return out
 
 
 def evaluate_editing(

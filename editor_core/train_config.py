@@ -60,6 +60,9 @@ class TrainConfig:
             raise ValueError("n_steps and batch_size must be >= 1, max_steps >= 0")
         if self.live_history < 0 or (self.batch_sizes is not None and min(self.batch_sizes, default=0) < 1):
             raise ValueError("live_history must be >= 0 and every batch size >= 1")
+        if self.key_source == "corpus" and self.precondition == "none":
+            raise ValueError("key_source='corpus' fits a key moment, which precondition='none' (the plain ridge) "
+                             "does not use: choose precondition='full' or 'diag'")
         if self.batch_sizes is not None:
             self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
 

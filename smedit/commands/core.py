@@ -90,7 +90,7 @@ def train_editor(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out."),
 ) -> None:
     """Meta-train SMEdit (or MALMEN with --steps 1 --reg kl) hypernetworks for a base model."""
-    from editor_core.data import split_requests
+    from editor_core.splits import split_requests
     from editor_core.models import load_model
     from editor_core.train import TrainConfig, meta_train
 

@@ -126,7 +126,7 @@ def test_realdata_suite_builds_a_base_model_and_evaluates(tiny_setup, results, t
     assert len(models) == 1 and (models[0] / "pretrain_stats.json").is_file()
     # cached: the same base model is reused, not a second one built; here 2 batches stay live at
     # once and the protected method is fitted on the base's own corpus and handed the live deltas
-    protected = "SMEdit S=2 L2 key_source=corpus live_weight=1"
+    protected = "SMEdit S=2 L2 +cov key_source=corpus live_weight=1"
     main(args + ["--sequential", "2", "--methods", "no-edit", protected])
     assert list((results / "realdata").glob("lm-tiny-*")) == models
     out = _load(results / "realdata_cf30_tiny.json")
@@ -367,12 +367,12 @@ def test_protected_methods_fit_the_preservation_set_and_are_handed_the_live_edit
     train = world.edit_requests("train", seed=0)[:8]
     common = dict(max_steps=1, seed=0, modules=None, cache=tmp_path, tag="t", progress=False, batch_size=4)
     known = [EditRequest(prompt=p, target=a) for p, a in world.pretraining_pairs()[:24]]
-    for name in ("untrained S=2 key_source=corpus", "SMEdit S=2 L2 key_source=corpus live_weight=1"):
+    for name in ("untrained S=2 +cov key_source=corpus", "SMEdit S=2 L2 +cov key_source=corpus live_weight=1"):
         with pytest.raises(ValueError, match="key_source=corpus needs"):
             make_method(name, model, tok, train, train[:2], **common)
     plain = make_method("untrained S=2", model, tok, train, train[:2], **common)
     assert not wants_live(plain)
-    for name in ("untrained S=2 key_source=corpus live_weight=1", "SMEdit S=2 L2 key_source=corpus live_weight=1 live_history=4"):
+    for name in ("untrained S=2 +cov key_source=corpus live_weight=1", "SMEdit S=2 L2 +cov key_source=corpus live_weight=1 live_history=4"):
         edit_fn = make_method(name, model, tok, train, train[:2], preserve=known, **common)
         editor = edit_fn.__self__
         assert wants_live(edit_fn) and editor.config.key_source == "corpus"
@@ -392,3 +392,30 @@ def test_gate_cost_times_the_gate_against_a_bare_forward_on_the_same_rows(lifelo
     assert now["rows"] > before["rows"] >= 1
     for r in (now, before):
         assert r["ratio"] > 0 and r["gate_s"][0] <= r["gate_s"][1] <= r["gate_s"][2]
+
+
+def test_quality_dev_split_json_ceiling_specificity_and_ci(fake_demo, results, tmp_path):
+    """--split dev evaluates the editors' validation entities (disjoint from test's), and the
+    payload carries the split, the base model's ceiling, both locality readings and a 95 % CI."""
+    from bench.quality import main
+    from demo_world.build import DEMO_SIZES, editor_requests
+
+    world = fake_demo[2]
+    _, val = editor_requests(world, DEMO_SIZES["tiny"], 0)
+    assert {r.meta["entity"] for r in val}.isdisjoint(world.splits["eval"])
+    out = tmp_path / "q.json"
+    main(["--size", "tiny", "--split", "dev", "--seeds", "0", "1", "--batch-sizes", "2", "--n-eval", "4",
+          "--methods", "no-edit", "FT-L eps=0.1", "--json", str(out)])
+    data = _load(out)
+    assert data == _load(results / "quality_tiny_dev.json")
+    assert data["split"] == "dev" and data["seeds"] == [0, 1]
+    assert set(data["ceiling"]) >= {"gs_anchor_ceiling", "gs_unseen_ceiling"}
+    assert all(0.0 <= v <= 1.0 for v in data["ceiling"].values())
+    by_method = {r["method"]: r for r in data["results"]}
+    none = by_method["no-edit"]
+    assert none["mean"]["ls_other"] == 1.0  # nothing applied: every answer unchanged...
+    assert 0.0 <= none["mean"]["spec_other"] <= 1.0  # ...but only the ones the base knew are right
+    for r in data["results"]:
+        assert {"spec_other", "spec_same"} <= set(r["mean"]) and set(r["ci95"]) == set(r["mean"])
+        assert all(v is None or v >= 0 for v in r["ci95"].values())
+    assert not (results / "quality_tiny.json").exists()  # the dev run never overwrites the test table

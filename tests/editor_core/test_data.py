@@ -15,8 +15,6 @@ from editor_core.data import (
     load_zsre_knowedit,
     load_zsre_mend,
     save_jsonl,
-    split_requests,
-    subsample,
 )
 from editor_core.types import EditRequest, LocalityProbe
 
@@ -234,29 +232,6 @@ def test_explicit_and_unknown_formats(tmp_path: Path) -> None:
         load_edits(path, "zsre")
     with pytest.raises(ValueError, match="auto, zsre, knowedit, counterfact, jsonl"):
         load_edits(path, "csv")
-
-
-def test_subsample_is_deterministic_nested_and_ordered() -> None:
-    requests = [EditRequest(f"prompt {i}", f"target {i}") for i in range(100)]
-    small, large = subsample(requests, 0.1, seed=3), subsample(requests, 0.3, seed=3)
-    assert len(small) == 10 and len(large) == 30
-    assert small == subsample(requests, 0.1, seed=3) != subsample(requests, 0.1, seed=4)
-    assert set(small) <= set(large)
-    assert small == sorted(small, key=requests.index)
-    assert len(subsample(requests[:3], 0.01)) == 1 and subsample([], 0.5) == []
-    with pytest.raises(ValueError):
-        subsample(requests, 0.0)
-
-
-def test_split_requests() -> None:
-    requests = [EditRequest(f"prompt {i}", f"target {i}") for i in range(10)]
-    train, val = split_requests(requests, [0.8, 0.2], seed=1)
-    assert (len(train), len(val)) == (8, 2) and set(train).isdisjoint(val)
-    assert set(train) | set(val) == set(requests)
-    a, b = split_requests(requests, [3, 4], seed=1)
-    assert (len(a), len(b)) == (3, 4) and (a, b) == split_requests(requests, [3, 4], seed=1)
-    with pytest.raises(ValueError):
-        split_requests(requests, [8, 8])
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared benchmark data not present")
