@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from smedit.commands import client_cmds, cluster, core
+from smedit.commands import client_cmds, cluster, core, tune
 from smedit.commands.bench import bench_app
 from smedit.commands.demo import demo_app
 from smedit.commands.export import export_app
@@ -35,6 +35,7 @@ def _main(
 app.command("train-editor")(core.train_editor)
 app.command("protect")(core.protect)
 app.command("eval")(core.evaluate)
+app.command("tune")(tune.tune)
 app.add_typer(demo_app, name="demo")
 app.add_typer(export_app, name="export")
 app.add_typer(bench_app, name="bench")

@@ -108,7 +108,7 @@ def _run_blocked(argvs: list[list[str]]) -> dict:
 
 def test_cli_help_and_client_verbs_without_server_modules():
     help_argvs = [["--help"], *([verb, "--help"] for verb in CLIENT_VERBS),
-                  *([cmd, "--help"] for cmd in ("serve", "worker", "cluster", "demo", "export", "train-editor",
+                  *([cmd, "--help"] for cmd in ("serve", "worker", "cluster", "demo", "export", "train-editor", "tune",
                                                 "eval", "bench"))]
     report = _run_blocked(help_argvs)
     assert report["requested"] == [], f"server-side modules imported: {report['requested']}"

@@ -51,7 +51,34 @@ def _load(data: Path, fmt: DataFormat, limit: int | None):
     return requests[:limit] if limit else requests
 
 
+# train-editor's flags that a --config file (smedit tune's editor_config.json) may set, as
+# (parameter name, TrainConfig field)
+CONFIG_FIELDS = {"n_steps": "n_steps", "reg": "reg", "reg_coef": "reg_coef", "l2_metric": "l2_metric",
+                 "locality_weight": "locality_weight", "rank": "rank", "batch_size": "batch_size",
+                 "max_steps": "max_steps", "meta_lr": "meta_lr", "init_lr": "init_lr", "key_shrinkage": "key_shrinkage",
+                 "live_weight": "live_weight", "live_history": "live_history", "val_every": "val_every"}
+
+
+def _config_file(path: Path, ctx: typer.Context) -> dict:
+    """The TrainConfig fields of ``path`` that the command line did not set itself (flags win)."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from None
+    if not isinstance(values, dict):
+        raise typer.BadParameter(f"{path}: expected a JSON object of TrainConfig fields", param_hint="--config")
+    out = {}
+    for param, field in CONFIG_FIELDS.items():
+        source = ctx.get_parameter_source(param)  # typer may vendor click: compare by name, not enum identity
+        if field in values and getattr(source, "name", None) != "COMMANDLINE":
+            out[field] = values[field]
+    if "modules" in values and values["modules"]:
+        out["modules"] = list(values["modules"])
+    return out
+
+
 def train_editor(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="Local Hugging Face model directory."),
     data: Path = typer.Option(..., "--data", help="Training edits (zsRE, KnowEdit, CounterFact JSON or JSONL)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory (resumed if it holds one)."),
@@ -88,6 +115,8 @@ def train_editor(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Settings from a JSON file (smedit tune's editor_config.json); flags given win."),
 ) -> None:
     """Meta-train SMEdit (or MALMEN with --steps 1 --reg kl) hypernetworks for a base model."""
     from editor_core.splits import split_requests
@@ -103,11 +132,17 @@ def train_editor(
                                  param_hint="--data")
     train, val = split_requests(requests, [1 - val_fraction, val_fraction], seed=seed)
     lm, tok = load_model(model, device=device)
-    cfg = TrainConfig(n_steps=n_steps, reg=reg.value, reg_coef=reg_coef, rank=rank, batch_size=batch_size,
-                      max_steps=max_steps, meta_lr=meta_lr, init_lr=init_lr, val_every=val_every, seed=seed,
-                      l2_metric=l2_metric.value, locality_weight=locality_weight, key_shrinkage=key_shrinkage,
-                      key_source="corpus" if preserve else "edits", live_weight=live_weight, live_history=live_history,
-                      batch_sizes=(1, 4, batch_size) if live_history else None)
+    values = dict(n_steps=n_steps, reg=reg.value, reg_coef=reg_coef, rank=rank, batch_size=batch_size,
+                  max_steps=max_steps, meta_lr=meta_lr, init_lr=init_lr, val_every=val_every,
+                  l2_metric=l2_metric.value, locality_weight=locality_weight, key_shrinkage=key_shrinkage,
+                  live_weight=live_weight, live_history=live_history)
+    if config is not None:
+        values.update(_config_file(config, ctx))
+    try:
+        cfg = TrainConfig(**values, seed=seed, key_source="corpus" if preserve else "edits",
+                          batch_sizes=(1, 4, values["batch_size"]) if values["live_history"] else None)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config" if config else None) from None
     kept = _load(preserve, DataFormat.auto, None) if preserve else None
     console.print(f"{len(train)} training / {len(val)} validation edits; {cfg}")
     meta_train(lm, tok, train, val, cfg, out, progress=True, resume=not fresh, preserve=kept,

@@ -196,3 +196,43 @@ def test_cli_version_keys_and_review_verbs(server_factory) -> None:
     assert rejected["status"] == "rejected"
     again = runner.invoke(app, ["reject", str(held[0]["id"])], env=env)
     assert again.exit_code == 1 and "409" in again.output
+
+
+def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_takes(tiny_model_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    from smedit.cli import app
+
+    facts = [(f"Unit {s} ships from", f"dock {s}", f"unit{s // 2}") for s in range(12)]
+    data = tmp_path / "edits.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "target": t, "subject": subj, "paraphrases": [p + " today"],
+                                          "locality": [{"prompt": "The sky is", "answer": "blue"}]})
+                              for p, t, subj in facts) + "\n")
+    out = tmp_path / "tuned"
+    runner = CliRunner()
+    base = ["tune", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, base + ["--trials", "2", "--max-steps", "2", "--n-dev", "3", "--batch-size", "2",
+                                        "--max-layers", "2", "--target", "es=0", "--budget", "10m"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "frontier" in result.output and "chosen: trial" in result.output
+    trials = json.loads((out / "trials.json").read_text())
+    assert len(trials) == 2 and any(t["frontier"] for t in trials)
+    assert all({"es", "gs", "ls", "edit_s_per_fact", "config"} <= set(t) for t in trials)
+    config = json.loads((out / "editor_config.json").read_text())
+    assert config["tuned"]["targets_met"] is True and config["tuned"]["targets"] == {"es": 0.0}
+    assert (out / "trials" / str(config["tuned"]["trial"]) / "editor.json").is_file()  # the chosen editor is kept
+    assert (out / "frontier.png").stat().st_size > 0
+    # train-editor takes the chosen settings; a flag given on the command line wins over the file
+    editor = tmp_path / "editor"
+    result = runner.invoke(app, ["train-editor", "--model", str(tiny_model_dir), "--data", str(data), "--out",
+                                 str(editor), "--config", str(out / "editor_config.json"), "--max-steps", "1",
+                                 "--batch-size", "2", "--val-fraction", "0.25", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((editor / "editor.json").read_text())["train_config"]
+    assert (saved["n_steps"], saved["rank"], saved["reg_coef"], saved["modules"]) == (
+        config["n_steps"], config["rank"], config["reg_coef"], config["modules"])
+    assert saved["max_steps"] == 1  # the flag, not the file's 2
+    for bad, says in ((["--target", "es=2"], "--target"), (["--target", "speed=1"], "--target"),
+                      (["--budget", "soon"], "--budget")):
+        result = runner.invoke(app, base + bad, env={"COLUMNS": "200"})
+        assert result.exit_code == 2 and says in result.output, result.output

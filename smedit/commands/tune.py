@@ -1,0 +1,214 @@
+"""``smedit tune``: search the editor's settings on a dev split against targets, within a time budget.
+
+Each trial meta-trains an editor (short: ``--max-steps``) on the train part of ``--data`` and
+measures it on the dev part, records of other subjects (``editor_core.splits.split_by_subject``):
+edit success (ES), paraphrase success (GS), locality (LS: answers left unchanged) and the edit's
+cost (seconds per edited fact). Optuna's multi-objective TPE sampler (seeded) proposes the next
+settings: edit steps S, the L2 coefficient, the hypernetworks' rank and how many of the last layers
+are edited. No trial starts once ``--budget`` has passed (the running one finishes).
+
+The frontier (trials no other beats on ES, LS and cost at once) is printed and plotted; the chosen
+trial is the cheapest that meets every ``--target`` (or, when none does, the one closest to them).
+Its settings go to ``<out>/editor_config.json``, which ``smedit train-editor --config`` takes (to
+train it longer or on all the data), and its editor checkpoint is kept in ``<out>/trials/<n>``.
+Hold your test records out of ``--data``: tune reads nothing else, so they stay untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from smedit.commands.core import DataFormat, _load, console
+
+METRICS = ("es", "gs", "ls")
+
+
+def parse_budget(text: str) -> float:
+    """``90s``, ``30m``, ``2h`` or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise typer.BadParameter(f"{text!r}: use a duration such as 90s, 30m or 2h", param_hint="--budget")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def parse_targets(items: list[str]) -> dict[str, float]:
+    """``["es=0.95", "ls=0.98"]`` -> ``{"es": 0.95, "ls": 0.98}`` (each a share in [0, 1])."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if name not in METRICS or not 0.0 <= number <= 1.0:
+            raise typer.BadParameter(f"{item!r}: use METRIC=VALUE with METRIC one of {', '.join(METRICS)} and "
+                                     "VALUE in [0, 1], e.g. es=0.95", param_hint="--target")
+        out[name] = number
+    return out
+
+
+def tune(
+    model: Path = typer.Option(..., "--model", help="Local Hugging Face model directory."),
+    data: Path = typer.Option(..., "--data", help="Edits to tune on (split by subject into train and dev)."),
+    out: Path = typer.Option(Path("tune-out"), "--out", help="Where the trials, the frontier and the chosen config go."),
+    fmt: DataFormat = typer.Option(DataFormat.auto, "--format"),
+    target: list[str] = typer.Option([], "--target", help="A bar the chosen settings must meet, e.g. es=0.95 (repeatable)."),
+    budget: str = typer.Option("30m", "--budget", help="Wall time for the search: 90s, 30m, 2h."),
+    trials: int = typer.Option(0, "--trials", min=0, help="At most this many trials (0 = until the budget)."),
+    max_steps: int = typer.Option(100, "--max-steps", min=1, help="Meta-training steps per trial."),
+    max_layers: int = typer.Option(6, "--max-layers", min=1, help="Largest number of last layers a trial edits."),
+    n_dev: int = typer.Option(64, "--n-dev", min=1, help="Dev edits each trial is measured on."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Edits per edit() call when measuring."),
+    dev_fraction: float = typer.Option(0.2, "--dev-fraction", min=0.01, max=0.9),
+    limit: int = typer.Option(0, "--limit", help="Use only the first N records (0 = all)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Search S, the L2 coefficient, the rank and the edited layers on a dev split; print the frontier."""
+    seconds = parse_budget(budget)
+    targets = parse_targets(target)
+    try:
+        import optuna
+    except ImportError:
+        console.print("[red]error:[/red] smedit tune needs Optuna: pip install 'smedit[server]'")
+        raise typer.Exit(2) from None
+    from editor_core.arch import layer_count
+    from editor_core.models import load_model
+    from editor_core.splits import split_by_subject
+
+    requests = _load(data, fmt, limit or None)
+    train, dev = split_by_subject(requests, [1 - dev_fraction, dev_fraction], seed=seed)
+    if len(train) < 2 or not dev:
+        console.print(f"[red]error:[/red] {data} has too few records to split ({len(train)} train, {len(dev)} dev)")
+        raise typer.Exit(2)
+    dev = dev[:n_dev]
+    lm, tok = load_model(model, device=device)
+    layers = min(max_layers, layer_count(lm))
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"tuning on {len(train)} train / {len(dev)} dev edits (split by subject, seed {seed}); "
+                  f"budget {seconds:.0f} s, targets {targets or 'none'}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "maximize", "minimize"],
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    started = time.monotonic()
+
+    def objective(trial: Any) -> tuple[float, float, float]:
+        cfg = _trial_config(trial, lm, layers, max_steps, seed, batch=min(16, len(train)))
+        scores = _train_and_measure(lm, tok, train, dev, cfg, out / "trials" / str(trial.number), batch_size)
+        for key, value in scores.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("config", _config_json(cfg))
+        console.print(f"trial {trial.number}: S={cfg.n_steps} reg={cfg.reg_coef:.2g} rank={cfg.rank} "
+                      f"layers={len(cfg.modules or [])} -> es {scores['es']:.3f} gs {scores['gs']:.3f} "
+                      f"ls {scores['ls']:.3f}, {scores['edit_s_per_fact'] * 1000:.1f} ms/fact "
+                      f"({time.monotonic() - started:.0f} s of {seconds:.0f})")
+        return scores["es"], scores["ls"], scores["edit_s_per_fact"]
+
+    study.optimize(objective, n_trials=trials or None, timeout=seconds, show_progress_bar=False)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        console.print("[red]error:[/red] no trial finished within the budget; raise --budget or lower --max-steps")
+        raise typer.Exit(1)
+    frontier = sorted({t.number for t in study.best_trials})
+    chosen = choose(done, targets)
+    _report(done, frontier, chosen, targets, out)
+
+
+def _trial_config(trial: Any, lm: Any, layers: int, max_steps: int, seed: int, batch: int):
+    from editor_core.arch import last_layer_modules
+    from editor_core.train import TrainConfig
+
+    return TrainConfig(
+        n_steps=trial.suggest_int("n_steps", 1, 3),
+        reg="l2",
+        reg_coef=trial.suggest_float("reg_coef", 1e-5, 1e-1, log=True),
+        rank=trial.suggest_categorical("rank", [8, 16, 32, 64]),
+        modules=last_layer_modules(lm, trial.suggest_int("layers", 1, layers)),
+        max_steps=max_steps, val_every=max_steps, seed=seed, batch_size=batch,
+    )
+
+
+def _train_and_measure(lm: Any, tok: Any, train: list, dev: list, cfg: Any, out: Path, batch_size: int) -> dict:
+    from editor_core.evaluate import evaluate_editing
+    from editor_core.train import meta_train
+
+    editor = meta_train(lm, tok, train, dev[: max(1, len(dev) // 2)], cfg, out, progress=False, resume=False)
+    report = evaluate_editing(lm, tok, editor.edit, dev, batch_size=min(batch_size, len(dev)), generation=False)
+    summary, timing = report["summary"], report["timing"]
+    per_fact = timing["edit_seconds_mean"] / max(1, min(batch_size, len(dev)))
+    return {**{m: float(summary.get(m) or 0.0) for m in METRICS}, "edit_s_per_fact": per_fact}
+
+
+def _config_json(cfg: Any) -> dict:
+    values = asdict(cfg)
+    values["batch_sizes"] = list(values["batch_sizes"]) if values["batch_sizes"] else None
+    return values
+
+
+def choose(trials: list, targets: dict[str, float]) -> Any:
+    """The cheapest trial meeting every target; else the one whose worst shortfall is smallest."""
+    def shortfall(t: Any) -> float:
+        return max([targets[m] - t.user_attrs[m] for m in targets] + [0.0])
+
+    meeting = [t for t in trials if shortfall(t) == 0.0]
+    if meeting:
+        return min(meeting, key=lambda t: t.user_attrs["edit_s_per_fact"])
+    return min(trials, key=lambda t: (shortfall(t), t.user_attrs["edit_s_per_fact"]))
+
+
+def _report(trials: list, frontier: list[int], chosen: Any, targets: dict[str, float], out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="smedit tune: trials on the dev split (* = on the frontier, > = chosen)")
+    for column in ("", "trial", "S", "reg", "rank", "layers", "es", "gs", "ls", "ms/fact"):
+        table.add_column(column)
+    for t in sorted(trials, key=lambda t: -t.user_attrs["es"]):
+        mark = (">" if t.number == chosen.number else "") + ("*" if t.number in frontier else "")
+        a, p = t.user_attrs, t.params
+        table.add_row(mark, str(t.number), str(p["n_steps"]), f"{p['reg_coef']:.2g}", str(p["rank"]), str(p["layers"]),
+                      f"{a['es']:.3f}", f"{a['gs']:.3f}", f"{a['ls']:.3f}", f"{a['edit_s_per_fact'] * 1000:.1f}")
+    console.print(table)
+    met = all(chosen.user_attrs[m] >= v for m, v in targets.items())
+    config = {**chosen.user_attrs["config"], "tuned": {
+        "trial": chosen.number, "targets": targets, "targets_met": met,
+        "dev": {m: chosen.user_attrs[m] for m in (*METRICS, "edit_s_per_fact")}}}
+    (out / "editor_config.json").write_text(json.dumps(config, indent=2))
+    rows = [{"trial": t.number, "params": t.params, **t.user_attrs, "frontier": t.number in frontier} for t in trials]
+    (out / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
+    plot = _plot(trials, frontier, chosen, out / "frontier.png")
+    verdict = "meets every target" if met else "[yellow]meets no trial's targets: the closest is chosen[/yellow]"
+    console.print(f"chosen: trial {chosen.number} ({verdict}); its editor: {out / 'trials' / str(chosen.number)}")
+    console.print(f"wrote {out / 'editor_config.json'} (smedit train-editor --config takes it), {out / 'trials.json'}"
+                  + (f", {plot}" if plot else ""))
+
+
+def _plot(trials: list, frontier: list[int], chosen: Any, path: Path) -> Optional[Path]:
+    """Edit success against locality, marker size = cost; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for t in trials:
+        a = t.user_attrs
+        ax.scatter(a["ls"], a["es"], s=20 + 2000 * a["edit_s_per_fact"],
+                   c="tab:red" if t.number == chosen.number else "tab:blue" if t.number in frontier else "tab:gray",
+                   alpha=0.7)
+        ax.annotate(str(t.number), (a["ls"], a["es"]), fontsize=7)
+    ax.set_xlabel("LS (dev)")
+    ax.set_ylabel("ES (dev)")
+    ax.set_title("smedit tune: blue = frontier, red = chosen, size = cost per fact")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
