@@ -47,7 +47,7 @@ class MEMITConfig:
     v_lr: float = 0.5
     v_weight_decay: float = 1e-3  # on ||δ||² / ||h_L||²
     clamp_norm_factor: float = 4.0  # ||δ|| ≤ factor · ||h_L|| per position
-    mom2_weight: float = 100.0  # λ: how much the preserved keys weigh against the edit's (chosen on the tiny demo's dev split)
+    mom2_weight: float = 10.0  # λ: how much the preserved keys weigh against the edit's (chosen on the small demo's dev split)
     key_shrinkage: float = 0.01  # C₀ is shrunk this much towards its mean eigenvalue (a small corpus)
     max_length: int = 128
 
