@@ -53,8 +53,13 @@ def probe(body: ProbeIn, request: Request, _: Principal = Depends(require("read"
 
 @router.get("/model")
 def model_info(request: Request, _: Principal = Depends(require("read"))) -> dict[str, Any]:
-    """Base model, editor, device, edited modules, live version and its weights hash."""
-    return model_runtime(request).info()
+    """Base model, editor, device, edited modules, live version and its weights hash, and the
+    request limits this service enforces (``limits``: what clients size their uploads by)."""
+    s = services(request).settings
+    limits = {"max_batch": s.max_batch, "max_prompt_chars": s.max_prompt_chars, "max_target_chars": s.max_target_chars,
+              "max_paraphrases": s.max_paraphrases, "max_locality": s.max_locality, "max_new_tokens": s.max_new_tokens,
+              "max_request_bytes": s.max_request_bytes}
+    return {**model_runtime(request).info(), "limits": limits}
 
 
 def _field_error(field: str, msg: str) -> NoReturn:

@@ -207,3 +207,26 @@ def test_review_queue_approve_and_reject(browser: WebDriver, server_factory: Any
     until(browser, lambda d: d.find_element(By.ID, "review-empty").is_displayed())
     assert admin.get(f"/v1/edits/{ids[0]}").json()["status"] == "applied"
     assert admin.get(f"/v1/edits/{ids[1]}").json()["status"] == "rejected"
+
+
+def test_an_upload_is_sent_in_chunks_the_service_takes(browser: WebDriver, server_factory: Any, tmp_path: Path) -> None:
+    """With SMEDIT_MAX_BATCH=2 a 5-fact upload still goes through: the console reads the limit
+    from GET /v1/model and posts at most 2 facts at a time (one POST of 5 would be a 422)."""
+    import json
+
+    server = server_factory(max_batch=2)
+    admin = server.client()
+    assert admin.get("/v1/model").json()["limits"]["max_batch"] == 2
+    assert admin.post("/v1/edits", json={"edits": [{"prompt": f"P{i} is", "target": "x"} for i in range(3)]}
+                      ).status_code == 422
+    upload = tmp_path / "facts.jsonl"
+    upload.write_text("\n".join(json.dumps({"prompt": f"Unit {i} ships from", "target": f"dock {i}"})
+                                for i in range(5)) + "\n")
+    sign_in(browser, server, ADMIN_KEY)
+    go(browser, "submit")
+    until(browser, lambda d: d.find_element(By.ID, "upload-batch").text == "2")  # the limit, read after sign-in
+    browser.find_element(By.ID, "upload-file").send_keys(str(upload))
+    browser.find_element(By.ID, "upload-submit").click()
+    until(browser, lambda d: "Submitted 5 facts" in d.find_element(By.ID, "upload-result").text)
+    edits = admin.get("/v1/edits", params={"limit": 50}).json()
+    assert edits["total"] == 5 and {e["prompt"] for e in edits["items"]} == {f"Unit {i} ships from" for i in range(5)}

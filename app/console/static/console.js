@@ -8,7 +8,7 @@ import { lineChart } from "./charts.js";
 const KEY_STORAGE = "smedit.apiKey";
 const PAGES = ["submit", "queue", "history", "versions", "review", "kpis"];
 const PAGE_SIZE = 25;
-const BATCH = 64; // facts per POST /v1/edits when uploading (the service's default max_batch)
+let batch = 64; // facts per POST /v1/edits when uploading: the service's max_batch once signed in (GET /v1/model)
 
 const $ = (selector) => document.querySelector(selector);
 let api = null;
@@ -69,6 +69,12 @@ async function signIn(key) {
   const candidate = new Api(key);
   me = await candidate.get("/v1/keys/me");
   api = candidate;
+  if (can("read")) {  // upload chunks as large as this service takes (its SMEDIT_MAX_BATCH)
+    candidate.get("/v1/model").then((m) => {
+      batch = m.limits?.max_batch || batch;
+      $("#upload-batch").textContent = String(batch);
+    }, () => {});
+  }
   sessionStorage.setItem(KEY_STORAGE, key);
   $("#who-name").textContent = me.name;
   $("#who-scopes").textContent = `(${me.scopes.join(", ")})`;
@@ -211,8 +217,8 @@ async function submitFile(event) {
     const facts = /\.csv$/i.test(file.name) ? parseCsv(text) : parseJsonl(text);
     if (!facts.length) throw new Error("the file holds no facts");
     const ids = [];
-    for (let start = 0; start < facts.length; start += BATCH) {
-      const body = { edits: facts.slice(start, start + BATCH) };
+    for (let start = 0; start < facts.length; start += batch) {
+      const body = { edits: facts.slice(start, start + batch) };
       if ($("#upload-author").value.trim()) body.author = $("#upload-author").value.trim();
       if ($("#upload-reason").value.trim()) body.reason = $("#upload-reason").value.trim();
       const out = await api.post("/v1/edits", body);
