@@ -44,15 +44,15 @@ def test_python_block_compiles_and_its_imports_resolve(doc: str, line: int, code
         if isinstance(node, ast.Import):
             for alias in node.names:
                 module = importlib.import_module(alias.name)
-                bound[alias.asname or alias.name.split(".")[0]] = importlib.import_module(alias.name.split(".")[0]) \
-                    if alias.asname is None else module
+                top = alias.name.split(".")[0]
+                bound[alias.asname or top] = module if alias.asname else importlib.import_module(top)
         elif isinstance(node, ast.ImportFrom) and node.module:
             module = importlib.import_module(node.module)
             for alias in node.names:
-                if not hasattr(module, alias.name):
-                    importlib.import_module(f"{node.module}.{alias.name}")  # a submodule, or ImportError
-                    continue
-                bound[alias.asname or alias.name] = getattr(module, alias.name)
+                if hasattr(module, alias.name):
+                    bound[alias.asname or alias.name] = getattr(module, alias.name)
+                else:  # a submodule, or ImportError
+                    bound[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}")
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
             owner = bound[node.value.id]
