@@ -230,3 +230,29 @@ def test_an_upload_is_sent_in_chunks_the_service_takes(browser: WebDriver, serve
     until(browser, lambda d: "Submitted 5 facts" in d.find_element(By.ID, "upload-result").text)
     edits = admin.get("/v1/edits", params={"limit": 50}).json()
     assert edits["total"] == 5 and {e["prompt"] for e in edits["items"]} == {f"Unit {i} ships from" for i in range(5)}
+
+
+def test_an_edit_in_full_in_its_detail_view(browser: WebDriver, server: RunningServer) -> None:
+    admin = server.client()
+    (eid,) = admin.post("/v1/edits", json={"prompt": "The sky is", "target": "green", "author": "ops",
+                                           "reason": "ticket 7", "paraphrases": ["The colour of the sky is"]}
+                        ).json()["edit_ids"]
+    edit = wait_edit(admin, eid)
+    assert edit["status"] == "applied"
+    sign_in(browser, server, ADMIN_KEY)
+    go(browser, "history")
+    history_row(browser, eid, "applied").find_element(By.CSS_SELECTOR, '[data-action="details"]').click()
+    dialog = until(browser, lambda d: d.find_element(By.ID, "edit-dialog"))
+    until(browser, lambda d: dialog.get_attribute("open") is not None)
+
+    def field(name: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, f'#edit-fields dd[data-field="{name}"]').text
+
+    assert browser.find_element(By.ID, "edit-title").text == f"Edit #{eid}"
+    assert (field("Status"), field("Prompt"), field("Target")) == ("applied", "The sky is", "green")
+    assert field("Paraphrases") == "The colour of the sky is" and field("Reason") == "ticket 7"
+    assert field("Applied in") == f"v{edit['applied_version']}" and field("Delta") == str(edit["delta_id"])
+    assert field("Gate") == "passed" and field("Edit success (ES)").endswith("%")
+    shot(browser, "7-edit-detail")
+    browser.find_element(By.ID, "edit-close").click()
+    until(browser, lambda d: dialog.get_attribute("open") is None)

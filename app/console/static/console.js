@@ -271,6 +271,37 @@ async function revert(edit) {
   route();
 }
 
+// One edit in full: what was asked, what the gate measured, where it lives in the history.
+async function showEdit(id) {
+  let e;
+  try {
+    e = await api.get(`/v1/edits/${id}`);
+  } catch (err) {
+    fail(err);
+    return;
+  }
+  const m = e.metrics ?? {};
+  const version = (n) => (n === null || n === undefined ? "—" : `v${n}`);
+  const rows = [
+    ["Status", statusBadge(e.status)], ["Prompt", e.prompt], ["Target", e.target],
+    ["Paraphrases", e.paraphrases.length ? e.paraphrases.join(" · ") : "—"],
+    ["Locality probes", e.locality.length ? e.locality.map((p) => p.answer ? `${p.prompt} → ${p.answer}` : p.prompt).join(" · ") : "—"],
+    ["Author", e.author ?? "—"], ["Reason", e.reason ?? "—"], ["Submitted by", e.submitted_by ?? "—"],
+    ["Submitted", when(e.created_at)], ["Finished", when(e.finished_at)],
+    ["Queued / ran", `${secs(e.timings?.queued_s)} / ${secs(e.timings?.run_s)}`],
+    ["Applied in", version(e.applied_version)], ["Reverted in", version(e.reverted_version)],
+    ["Delta", e.delta_id ?? "—"],
+    ["Supersedes", e.supersedes ? `#${e.supersedes}` : "—"], ["Superseded by", e.superseded_by ? `#${e.superseded_by}` : "—"],
+    ["Edit success (ES)", pct(m.es)], ["Paraphrase success (GS)", pct(m.gs)],
+    ["Canaries it changed", pct(m.canary_new ?? m.canary_changed)], ["Gate", gateVerdict(m)],
+    ["Error", e.error ?? "—"],
+  ];
+  $("#edit-title").textContent = `Edit #${e.id}`;
+  $("#edit-fields").replaceChildren(...rows.flatMap(([name, value]) => [
+    el("dt", {}, name), el("dd", { dataset: { field: name } }, value)]));
+  $("#edit-dialog").showModal();
+}
+
 async function renderHistory() {
   const since = $("#filter-since").value, until = $("#filter-until").value;
   const page = await api.get("/v1/edits", {
@@ -284,7 +315,9 @@ async function renderHistory() {
     const action = e.status === "applied" && can("admin")
       ? el("button", { class: "danger", type: "button", dataset: { action: "revert" }, onclick: () => revert(e) }, "Revert") : "";
     return el("tr", { dataset: { edit: e.id, status: e.status } },
-      el("td", {}, `#${e.id}`), el("td", {}, statusBadge(e.status)), el("td", {}, e.prompt), el("td", {}, e.target),
+      el("td", {}, el("button", { class: "link", type: "button", dataset: { action: "details" }, title: "Details",
+        onclick: () => showEdit(e.id) }, `#${e.id}`)),
+      el("td", {}, statusBadge(e.status)), el("td", {}, e.prompt), el("td", {}, e.target),
       el("td", {}, e.author ?? ""), el("td", {}, e.reason ?? ""), el("td", { class: "num" }, pct(m.es)),
       el("td", { class: "num" }, pct(m.gs)), el("td", { class: "num" }, pct(m.canary_new ?? m.canary_changed)),
       el("td", {}, gateVerdict(m)), el("td", {}, when(e.finished_at)), el("td", {}, action));
