@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,11 @@ FACTS = [("The sky is", "green"), ("Water boils at", "ten degrees"), ("The capit
          ("The Nimbus router is made in", "Spain")]
 
 
-@pytest.fixture(scope="module")
-def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+@contextmanager
+def pg_redis_cluster(tiny_model_dir: Path, tmp: Path, env: dict[str, str], workers: int,
+                     api_replicas: int = 2) -> Iterator[LocalCluster]:
+    """A LocalCluster on its own PostgreSQL schema and Redis prefix (both removed afterwards),
+    serving the tiny model with an open gate; ``env`` adds to (or overrides) the common settings."""
     if not redis_available():
         pytest.fail("Redis at 127.0.0.1:6379 is not reachable (.ci/run starts it)")
     import psycopg
@@ -51,19 +55,17 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     schema = f"smedit_prod_{uuid.uuid4().hex[:10]}"
     with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    tmp = tmp_path_factory.mktemp("prod")
     env = {
         "SMEDIT_MODEL_DIR": str(tiny_model_dir), "SMEDIT_DEVICE": "cpu", "SMEDIT_ADMIN_KEY": ADMIN_KEY,
         **OPEN_GATE_ENV,
         "SMEDIT_CANARY_PROMPTS": "|".join(CANARIES), "SMEDIT_LOG_LEVEL": "WARNING",
         "SMEDIT_REDIS_PREFIX": schema, "SMEDIT_DATA_DIR": str(tmp / "data"),
-        "SMEDIT_WORKER_BATCH_SIZE": "3", "SMEDIT_WORKER_BATCH_WAIT_S": "0.05",
         "SMEDIT_REQUEUE_INTERVAL_S": "2", "SMEDIT_LEADER_CHECK_INTERVAL_S": "1",
-        "SMEDIT_MIN_VERSION_TIMEOUT_S": "30",
+        "SMEDIT_MIN_VERSION_TIMEOUT_S": "30", **env,
     }
     cl = LocalCluster(f"{PG_BASE_URL}?options=-csearch_path%3D{schema}", REDIS_URL, env=env, log_dir=tmp / "logs")
     try:
-        cl.start(api_replicas=2, workers=1 + KILLS, timeout=240)
+        cl.start(api_replicas=api_replicas, workers=workers, timeout=240)
         yield cl
     finally:
         cl.stop()
@@ -72,6 +74,13 @@ def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         client.close()
         with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    env = {"SMEDIT_WORKER_BATCH_SIZE": "3", "SMEDIT_WORKER_BATCH_WAIT_S": "0.05"}
+    with pg_redis_cluster(tiny_model_dir, tmp_path_factory.mktemp("prod"), env, workers=1 + KILLS) as cl:
+        yield cl
 
 
 def _client(member: Member) -> httpx.Client:

@@ -21,7 +21,6 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +30,9 @@ import httpx
 import pytest
 
 from smedit.commands.cluster import LocalCluster, Member
-from tests.app.conftest import ADMIN_KEY, CANARIES, OPEN_GATE_ENV
 from tests.app.test_production_cluster import (
-    _client, _edits_carried_by, _submit, _version_with_hash, _wait_edits,
+    _client, _edits_carried_by, _submit, _version_with_hash, _wait_edits, pg_redis_cluster,
 )
-from tests.app.test_service_replicas import redis_available
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 KILLS: list[int] = []  # one entry per armed worker that died at its point
@@ -43,40 +40,13 @@ KILLS: list[int] = []  # one entry per armed worker that died at its point
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    if not redis_available():
-        pytest.fail("Redis at 127.0.0.1:6379 is not reachable (.ci/run starts it)")
-    import psycopg
-    import redis
-
-    from tests.app.conftest import PG_BASE_URL, postgres_available
-
-    if not postgres_available():
-        pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable (.ci/run starts it)")
-    schema = f"smedit_crash_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    tmp = tmp_path_factory.mktemp("crash")
     env = {
-        "SMEDIT_MODEL_DIR": str(tiny_model_dir), "SMEDIT_DEVICE": "cpu", "SMEDIT_ADMIN_KEY": ADMIN_KEY,
-        **OPEN_GATE_ENV,
-        "SMEDIT_CANARY_PROMPTS": "|".join(CANARIES), "SMEDIT_LOG_LEVEL": "INFO",
-        "SMEDIT_REDIS_PREFIX": schema, "SMEDIT_DATA_DIR": str(tmp / "data"),
+        "SMEDIT_LOG_LEVEL": "INFO",  # the armed workers' "crash point reached" lines
         # one job per commit, so each armed worker commits (at most) one version before it dies
-        "SMEDIT_WORKER_BATCH_SIZE": "1", "SMEDIT_WORKER_BATCH_WAIT_S": "0",
-        "SMEDIT_REQUEUE_INTERVAL_S": "2", "SMEDIT_LEADER_CHECK_INTERVAL_S": "1",
-        "SMEDIT_MIN_VERSION_TIMEOUT_S": "30", "SMEDIT_FOLLOW_INTERVAL_S": "1",
+        "SMEDIT_WORKER_BATCH_SIZE": "1", "SMEDIT_WORKER_BATCH_WAIT_S": "0", "SMEDIT_FOLLOW_INTERVAL_S": "1",
     }
-    cl = LocalCluster(f"{PG_BASE_URL}?options=-csearch_path%3D{schema}", REDIS_URL, env=env, log_dir=tmp / "logs")
-    try:
-        cl.start(api_replicas=2, workers=1, timeout=240)
+    with pg_redis_cluster(tiny_model_dir, tmp_path_factory.mktemp("crash"), env, workers=1) as cl:
         yield cl
-    finally:
-        cl.stop()
-        client = redis.Redis.from_url(REDIS_URL)
-        client.delete(f"{schema}:jobs")
-        client.close()
-        with psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 # ---- one round: armed workers one after the other, then a plain one ------------------------------
