@@ -104,9 +104,11 @@ def wait_for_version(request: Request, min_version: int | None, wait_s: float | 
     if runtime.live_version is not None and runtime.live_version >= min_version:
         return
     with session_scope(svc.sessions) as s:
+        # pending first: the two reads are not one snapshot, and a job that finishes between them
+        # has committed its version before it stops being pending, so the later read sees it
+        pending = bool(repo.pending_job_ids(s))
         latest = repo.latest_version(s)
         latest_n = latest.number if latest else -1
-        pending = bool(repo.pending_job_ids(s))
     if latest_n < min_version and not pending:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
