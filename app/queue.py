@@ -55,6 +55,11 @@ class Queue(Protocol):
     def ack(self, jobs: list[QueuedJob]) -> None:
         """The jobs are done (committed); the transport may forget them."""
 
+    def reclaim_all(self) -> int:
+        """Called by a worker that has just become the one worker: every message handed out and
+        not acknowledged (by a dead worker, or by this one before it stepped down) is handed out
+        again. Returns how many."""
+
     def depth(self) -> int:
         """Messages waiting (not yet handed out)."""
 
@@ -99,6 +104,17 @@ class InProcessQueue:
             missing = [i for i in pending if i not in self._seen]
         self.put_many(missing)
         return missing
+
+    def reclaim_all(self) -> int:
+        """Hand out again every job that was handed out and never acknowledged (the worker
+        stepped down mid-batch, e.g. the database went away, and is taking over again)."""
+        with self._cond:
+            queued = set(self._items)
+            in_flight = [i for i in self._seen if i not in queued]
+            for job_id in in_flight:
+                heapq.heappush(self._items, job_id)
+            self._cond.notify_all()
+            return len(in_flight)
 
     def get_batch(self, max_items: int, timeout: float) -> list[QueuedJob]:
         with self._cond:
@@ -183,6 +199,15 @@ class DatabaseQueue:
         with self._lock:
             for job in jobs:
                 self._handed.discard(job.job_id)
+
+    def reclaim_all(self) -> int:
+        """Forget what was handed out and never acknowledged, so pending rows are read again
+        (the worker stepped down mid-batch and is taking over)."""
+        with self._lock:
+            n = len(self._handed)
+            self._handed.clear()
+        self._wake.set()
+        return n
 
     def depth(self) -> int:
         from sqlalchemy import func, select

@@ -176,11 +176,9 @@ class Worker:
             repo.reset_running(s)
             ids = repo.pending_job_ids(s)
         self.crash.reach("during_recovery")
-        reclaim = getattr(self.queue, "reclaim_all", None)
-        if reclaim is not None:
-            n = reclaim()
-            if n:
-                log.info("reclaimed stream entries of dead consumers", extra={"entries": n})
+        n = self.queue.reclaim_all()
+        if n:
+            log.info("reclaimed jobs handed out and never acknowledged", extra={"entries": n})
         reconcile = getattr(self.queue, "reconcile", None)
         if reconcile is not None:
             added = reconcile(ids)

@@ -294,3 +294,29 @@ def wait_job(client: httpx.Client, job_id: int, timeout: float = 60.0) -> dict[s
             return body
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {body['status']} after {timeout}s")
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=2).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(params=["db", "redis"])
+def transport(request: pytest.FixtureRequest) -> Iterator[dict]:
+    """The DB-polling queue + polling follower, or Redis Streams + pub/sub announcements."""
+    if request.param == "db":
+        yield {"queue": "db"}
+        return
+    if not redis_available():
+        pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
+    prefix = f"smedit-test-{uuid.uuid4().hex[:8]}"
+    yield {"queue": "redis", "redis_url": "redis://127.0.0.1:6379/0", "redis_prefix": prefix}
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client.delete(f"{prefix}:jobs")
+    client.close()

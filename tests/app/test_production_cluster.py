@@ -28,7 +28,7 @@ import pytest
 
 from smedit.commands.cluster import LocalCluster, Member
 from tests.app.conftest import ADMIN_KEY, CANARIES, OPEN_GATE_ENV
-from tests.app.test_service_replicas import redis_available
+from tests.app.conftest import redis_available
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}

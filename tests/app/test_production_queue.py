@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.queue import QueueUnavailable, RedisStreamQueue
-from tests.app.test_service_replicas import redis_available
+from tests.app.conftest import redis_available
 
 URL = "redis://127.0.0.1:6379/0"
 

@@ -25,6 +25,17 @@ def test_in_process_queue_orders_and_dedups() -> None:
     assert [j.job_id for j in q.get_batch(10, timeout=0)] == [1]
 
 
+def test_in_process_queue_reclaims_what_was_handed_out_and_not_acked() -> None:
+    """A worker that stepped down mid-batch gets its unacknowledged jobs again on taking over."""
+    q = InProcessQueue()
+    q.put_many([1, 2, 3])
+    handed = q.get_batch(2, timeout=0)
+    q.ack(handed[:1])
+    assert q.reclaim_all() == 1
+    assert [j.job_id for j in q.get_batch(10, timeout=0)] == [2, 3]
+    assert q.reclaim_all() == 2 and q.depth() == 2
+
+
 def test_in_process_queue_wakes_waiter_and_closes() -> None:
     q = InProcessQueue()
     got: list[int] = []
@@ -56,4 +67,7 @@ def test_database_queue(db_url: str) -> None:
         repo.get_job(s, ids[0]).status = "done"
     q.ack(first)
     assert [j.job_id for j in q.get_batch(5, timeout=0)] == [ids[1]]  # still pending: redelivered
+    assert q.get_batch(5, timeout=0) == []
+    assert q.reclaim_all() == 2  # ids[1] and ids[2], handed out and never acked
+    assert [j.job_id for j in q.get_batch(5, timeout=0)] == ids[1:]
     engine.dispose()

@@ -8,40 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 import uvicorn
 
 from app.main import create_app
 from tests.app.conftest import RunningServer, free_port, make_settings, wait_edit
-
-
-def redis_available() -> bool:
-    try:
-        import redis
-
-        return bool(redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=2).ping())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.fixture(params=["db", "redis"])
-def transport(request: pytest.FixtureRequest) -> Iterator[dict]:
-    """The DB-polling queue + polling follower, or Redis Streams + pub/sub announcements."""
-    if request.param == "db":
-        yield {"queue": "db"}
-        return
-    if not redis_available():
-        pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
-    prefix = f"smedit-test-{uuid.uuid4().hex[:8]}"
-    yield {"queue": "redis", "redis_url": "redis://127.0.0.1:6379/0", "redis_prefix": prefix}
-    import redis
-
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    client.delete(f"{prefix}:jobs")
-    client.close()
 
 
 def test_replica_follows_the_worker(db_url: str, transport: dict, server_factory, tmp_path) -> None:

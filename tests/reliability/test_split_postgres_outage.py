@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.app.test_production_faults import TcpProxy
-from tests.app.test_service_replicas import redis_available
+from tests.app.conftest import redis_available
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
