@@ -9,6 +9,7 @@ background thread) loads the model, replays the latest version and starts the wo
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -82,6 +83,18 @@ def load_runtime(settings: Settings, model: ResolvedModel) -> ModelRuntime:
     log.info("model loaded", extra={"model_dir": str(model.model_dir), "device": runtime.device,
                                     "load_s": round(time.perf_counter() - t0, 2)})
     return runtime
+
+
+def freeze_long_lived_objects() -> None:
+    """Collect once, then exempt everything alive from future collections (``gc.freeze``).
+
+    The model, the libraries and the replayed deltas live as long as the process; a full
+    collection walks all of them (~0.5M objects with torch and transformers loaded: ~0.3 s on
+    one CPU core), and lands in whichever edit or request is running. Frozen objects are still
+    freed by reference counting; only garbage cycles among them would stay, and objects alive
+    at start-up are not expected to become garbage."""
+    gc.collect()
+    gc.freeze()
 
 
 def open_database(settings: Settings) -> tuple[SQLEngine, sessionmaker[Session]]:
@@ -218,6 +231,8 @@ class Services:
             self.follower = follower
         if runtime.live_version is not None:
             self.metrics.live_version.set(runtime.live_version)
+        if settings.gc_freeze:
+            freeze_long_lived_objects()
 
     def _retry_db(self, fn: Callable[[], T], wait_s: float = 120.0) -> T:
         def waiting(exc: BaseException) -> None:

@@ -247,6 +247,7 @@ def make_settings(tiny_model_dir: Path, data_dir: Path, **overrides: Any) -> Any
         worker_batch_wait_s=0.05,
         min_version_timeout_s=20.0,
         log_level="WARNING",
+        gc_freeze=False,  # many servers live and die in one test process (tests/app/test_gc_freeze.py)
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
