@@ -17,7 +17,9 @@ but never seen for these entities) and the unseen phrasing (never pretrained); L
 before the edit", WISE-style) and Spec (token accuracy of the TRUE answer, the papers'
 Specificity) on other entities and on the edited entity's other relations. The printed ceiling is
 the unedited model's accuracy of the true answers on the same phrasings: GS cannot be expected
-above it. Every entry has mean, std and a 95 % confidence half-width (t, over seeds).
+above it. ``fluency``: n-gram entropy (bits, ROME's) of the edited prompt and its greedy
+32-token continuation past end-of-text (``editor_core.fluency``): compare with the no-edit row.
+Every entry has mean, std and a 95 % confidence half-width (t, over seeds).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from editor_core.memit import MEMITConfig, MEMITEditor
 from editor_core.train import CALIBRATION_BATCHES, TrainConfig, calibrate_init_lr, meta_train, warm_normalisers
 
 COLUMNS = ["es", "es_first", "es_gen", "gs_anchor", "gs_anchor_first", "gs_anchor_exact", "gs_unseen",
-           "gs_unseen_first", "ls_other", "ls_same", "spec_other", "spec_same"]
+           "gs_unseen_first", "ls_other", "ls_same", "spec_other", "spec_same", "fluency"]
 SPLITS = ("dev", "test")
 
 

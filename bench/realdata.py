@@ -36,7 +36,9 @@ Columns: ``es`` / ``es_first`` / ``es_gen`` (edit success: token accuracy, first
 decoding), ``gs`` / ``gs_first`` (the paraphrase), ``ls`` (neighbourhood prompt: share of answer
 tokens whose argmax the edit left unchanged), ``spec`` (the neighbourhood's TRUE answer, token
 accuracy: the papers' Specificity), ``cf_efficacy`` (P(new) > P(true) on the prompt) and
-``cf_neighbourhood`` (the neighbour's true answer still beats the new target). ``base_model`` in the
+``cf_neighbourhood`` (the neighbour's true answer still beats the new target), ``fluency`` (n-gram
+entropy of the prompt's greedy 32-token continuation, ``editor_core.fluency``; read it against
+``no-edit``; not with ``--no-generation``). ``base_model`` in the
 JSON reports what the base model knows (exact match of the true answer) on the held-out records'
 prompts and paraphrases, on neighbourhood prompts, and on a control of records it never saw.
 
@@ -66,7 +68,8 @@ from pathlib import Path
 from bench.common import print_table, results_dir, write_with_plots
 
 DEFAULT_DATA = Path("../shared/data/counterfact/train.json")
-COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_first", "gs_gen", "ls", "spec", "cf_efficacy", "cf_neighbourhood"]
+COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_first", "gs_gen", "ls", "spec", "cf_efficacy", "cf_neighbourhood",
+           "fluency"]
 SPLIT_SEED = 0  # one train / dev / test partition of the records for every run
 DEFAULT_METHODS = ["no-edit", "MEMIT", "MALMEN S=1 KL", "SMEdit S=2 L2"]
 LM_VERSION = "1"  # bump when the corpus recipe changes

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from editor_core.delta import Delta
+from editor_core.fluency import generation_fluency
 from editor_core.scores import (
     locality_reference,
     locality_scores,
@@ -72,6 +73,8 @@ def measure_requests(
     """Per-request metrics on the model as edited now; ``ref_slices`` are each request's probes'
     :func:`~editor_core.scores.locality_reference` taken before editing (one per request with probes)."""
     scores = score_requests(model, tok, requests, generation=generation)
+    # free generation from each edited prompt: does the edited model still write text (ROME's fluency)
+    fluency = generation_fluency(model, tok, [r.prompt for r in requests]) if generation else [None] * len(requests)
     flat_probes = [p for ps in probes for p in ps]
     from editor_core.scores import LocalityReference
 
@@ -87,7 +90,7 @@ def measure_requests(
     for i, s in zip(known, tf_known):
         spec_flat[i] = s.token_acc
     rows, cursor = [], 0
-    for request, score, ps in zip(requests, scores, probes):
+    for request, score, ps, flu in zip(requests, scores, probes, fluency):
         ls = ls_flat[cursor : cursor + len(ps)]
         spec = spec_flat[cursor : cursor + len(ps)]
         cursor += len(ps)
@@ -95,7 +98,7 @@ def measure_requests(
             "prompt": request.prompt, "target": request.target,
             "es": score.es, "es_exact": score.es_exact, "es_first": score.es_first, "es_gen": score.es_gen,
             "gs": score.gs, "gs_exact": score.gs_exact, "gs_first": score.gs_first, "gs_gen": score.gs_gen,
-            "ls": _mean(ls), "spec": _mean(spec),
+            "ls": _mean(ls), "spec": _mean(spec), "fluency": flu,
         }
         for group, indices in _locality_groups(request).items():
             row[f"ls_{group}"] = _mean([ls[i] for i in indices if i < len(ls)])

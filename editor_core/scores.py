@@ -97,8 +97,10 @@ def greedy_token_ids(
     prompts: Sequence[str],
     max_new_tokens: int | Sequence[int] = 8,
     batch_size: int = 64,
+    stop_at_eos: bool = True,
 ) -> list[list[int]]:
-    """Greedy continuation ids of each prompt, cut just after the first end-of-text token."""
+    """Greedy continuation ids of each prompt, cut just after the first end-of-text token
+    (``stop_at_eos=False``: all ``max_new_tokens`` of them, as free generation for fluency)."""
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = _device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -120,7 +122,7 @@ def greedy_token_ids(
         generated = _greedy_loop(model, ids, mask, steps, eos_id)
         for b in range(len(chunk)):
             tokens = generated[b, : limits[start + b]].tolist()
-            if eos_id is not None and eos_id in tokens:
+            if stop_at_eos and eos_id is not None and eos_id in tokens:
                 tokens = tokens[: tokens.index(eos_id) + 1]
             out.append(tokens)
     return out

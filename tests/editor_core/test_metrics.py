@@ -9,6 +9,7 @@ import torch
 from editor_core.baselines import FTLConfig, FTLEditor, NoEdit
 from editor_core.delta import Delta
 from editor_core.evaluate import evaluate_editing
+from editor_core.fluency import generation_fluency
 from editor_core.scores import (
     gate_scores,
     generation_success,
@@ -138,6 +139,9 @@ def test_evaluate_harness_restores_the_model_and_no_edit_keeps_locality(tokenize
     report = evaluate_editing(model, tokenizer, NoEdit().edit, requests, batch_size=2, sequential=2)
     assert report["summary"]["ls"] == 1.0
     assert report["summary"]["n_requests"] == 3
+    # no edit: each row's fluency is the unedited model's own on its prompt
+    assert [r["fluency"] for r in report["per_request"]] == generation_fluency(model, tokenizer, PROMPTS)
+    assert evaluate_editing(model, tokenizer, NoEdit().edit, requests, generation=False)["summary"]["fluency"] is None
     ftl = evaluate_editing(model, tokenizer, FTLEditor(model, tokenizer).edit, requests, batch_size=3)
     assert ftl["summary"]["n_requests"] == 3
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
