@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import make_engine, make_sessionmaker
 from app.errors import is_dependency_error
 from app.metrics import Metrics
-from app.queue import DatabaseQueue, InProcessQueue, Queue, RedisStreamQueue
+from app.queue import DatabaseQueue, InProcessQueue, Queue
+from app.redis_queue import RedisStreamQueue
 from app.settings import Settings
 
 if TYPE_CHECKING:  # torch is slow to import: the runtime is loaded in the background

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from editor_core.scores import greedy_token_ids
+from editor_core.tokens import prompt_ids
 
 NGRAM_ORDERS = (2, 3)
 NGRAM_WEIGHTS = (2 / 3, 4 / 3)
@@ -41,7 +42,16 @@ def generation_fluency(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int = 32,
 ) -> list[float]:
     """Per prompt, the n-gram entropy of the prompt followed by its greedy ``max_new_tokens``
-    continuation (the text a user would read)."""
-    generated = greedy_token_ids(model, tokenizer, list(prompts), max_new_tokens, stop_at_eos=False)
+    continuation (the text a user would read), shortened to what the model's context holds
+    after the longest prompt (a small model's positions run out)."""
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    config = getattr(model, "config", None)
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if context:
+        longest = max(len(prompt_ids(tokenizer, p)) for p in prompts)
+        max_new_tokens = max(1, min(max_new_tokens, context - longest))
+    generated = greedy_token_ids(model, tokenizer, prompts, max_new_tokens, stop_at_eos=False)
     texts = [p + tokenizer.decode(ids, skip_special_tokens=True) for p, ids in zip(prompts, generated)]
     return [ngram_entropy(t) for t in texts]

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.queue import QueueUnavailable, RedisStreamQueue
+from app.queue import QueueUnavailable
+from app.redis_queue import RedisStreamQueue
 from tests.app.conftest import redis_available
 
 URL = "redis://127.0.0.1:6379/0"

@@ -34,3 +34,13 @@ def test_generation_fluency_scores_the_prompt_and_its_full_continuation(tokenize
     assert [len(c) for c in continuations] == [12, 12]  # past end-of-text: every text is as long
     texts = [p + tokenizer.decode(c, skip_special_tokens=True) for p, c in zip(prompts, continuations)]
     assert scores == [ngram_entropy(t) for t in texts]
+
+
+def test_generation_fluency_stays_inside_the_context(tokenizer) -> None:
+    model = build_tiny("gpt2", len(tokenizer))
+    context = model.config.n_positions
+    long_prompt = " ".join(["Water boils at"] * 200)
+    assert len(tokenizer(long_prompt)["input_ids"]) > context - 32
+    prompt = tokenizer.decode(tokenizer(long_prompt)["input_ids"][: context - 4])
+    scores = generation_fluency(model, tokenizer, [prompt, "The sky is"], max_new_tokens=32)
+    assert len(scores) == 2
