@@ -25,7 +25,12 @@ from torch import nn
 from editor_core.arch import get_module, weight_in_out
 from editor_core.solve import Shift, merge_shifts, shift_dense, shift_numel
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+# How a low-rank shift becomes the dense matrix the weights receive (``WeightState``):
+# "ordered" (solve.ordered_product: the same bits on every device), or "matmul" for deltas stored
+# before format 2 (a @ b on the CPU, as they were formed then, so old histories replay to the
+# hashes recorded for them).
+PRODUCTS = ("ordered", "matmul")
 
 
 def compact(shift: Shift) -> Shift:
@@ -49,10 +54,14 @@ class Delta:
         shifts: Mapping[str, Shift],
         metadata: Mapping[str, str] | None = None,
         keys: Mapping[str, torch.Tensor] | None = None,
+        product: str = "ordered",
     ) -> None:
+        if product not in PRODUCTS:
+            raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
         self.shifts: dict[str, Shift] = {name: compact(s) for name, s in shifts.items()}
         self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
         self.keys: dict[str, torch.Tensor] = dict(keys or {})
+        self.product = product
         self._backup: dict[str, torch.Tensor] | None = None
 
     # ---- construction -------------------------------------------------------------------
@@ -78,9 +87,18 @@ class Delta:
     def module_names(self) -> list[str]:
         return sorted(self.shifts)
 
-    def dense(self, name: str) -> torch.Tensor:
-        """The ``[in, out]`` shift of one module, in fp32 (fp64 if it was computed in fp64)."""
-        return _at_least_fp32(shift_dense(self.shifts[name]))
+    def dense(self, name: str, exact: bool = False) -> torch.Tensor:
+        """The ``[in, out]`` shift of one module, in fp32 (fp64 if it was computed in fp64).
+
+        ``exact``: the bits the weights receive, the same on every device (see :data:`PRODUCTS`);
+        otherwise the fast product, for arithmetic whose last bit does not matter."""
+        shift = self.shifts[name]
+        if not exact or not isinstance(shift, tuple):
+            return _at_least_fp32(shift_dense(shift))
+        a, b = _at_least_fp32(shift[0]), _at_least_fp32(shift[1])
+        if self.product == "matmul":
+            return a.cpu() @ b.cpu()
+        return shift_dense((a, b), exact=True)
 
     def numel(self) -> int:
         return sum(shift_numel(s) for s in self.shifts.values())
@@ -140,7 +158,7 @@ class Delta:
             n: (s[0].to(device), s[1].to(device)) if isinstance(s, tuple) else s.to(device)
             for n, s in self.shifts.items()
         }
-        return Delta(moved, self.metadata, {n: k.to(device) for n, k in self.keys.items()})
+        return Delta(moved, self.metadata, {n: k.to(device) for n, k in self.keys.items()}, self.product)
 
     # ---- storage ------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -159,6 +177,7 @@ class Delta:
             tensors[f"{name}::K"] = keys.detach().cpu().contiguous()
         header = dict(self.metadata)
         header["smedit_delta_format"] = FORMAT_VERSION
+        header["smedit_product"] = self.product
         header["smedit_layout"] = json.dumps(layout, sort_keys=True)
         return st_save(tensors, metadata=header)
 
@@ -169,10 +188,13 @@ class Delta:
             header = _read_header(data)
         except Exception as exc:  # safetensors raises several error types for corrupt input
             raise ValueError(f"not a valid delta blob: {exc}") from exc
-        if header.get("smedit_delta_format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported delta format {header.get('smedit_delta_format')!r}")
+        version = header.pop("smedit_delta_format", None)
+        if version not in ("1", FORMAT_VERSION):
+            raise ValueError(f"unsupported delta format {version!r}")
+        product = header.pop("smedit_product", "matmul" if version == "1" else None)
+        if product not in PRODUCTS:
+            raise ValueError(f"unsupported dense product {product!r} in a delta of format {version}")
         layout = json.loads(header.pop("smedit_layout"))
-        header.pop("smedit_delta_format")
         shifts: dict[str, Shift] = {}
         for name, kind in layout.items():
             if kind == "lowrank":
@@ -180,7 +202,7 @@ class Delta:
             else:
                 shifts[name] = tensors[f"{name}::W"]
         keys = {name[: -len("::K")]: t for name, t in tensors.items() if name.endswith("::K")}
-        return cls(shifts, header, keys)
+        return cls(shifts, header, keys, product)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.to_bytes())

@@ -33,6 +33,7 @@ from editor_core.models import model_fingerprint
 from editor_core.solve import Shift, solve_shift
 from editor_core.tokens import pair_batch
 from editor_core.types import EditRequest
+from editor_core.working_copy import fp32_working_copies
 
 CHECKPOINT_FORMAT = "smedit-editor-1"
 
@@ -279,6 +280,11 @@ class SMEditor(nn.Module):
             raise
         return records
 
+    def working_copies(self):
+        """fp32 copies of the edited modules of a bf16/fp16 model while steps run (see
+        ``working_copy.py``); the steps' deltas are applied to and reverted from them."""
+        return fp32_working_copies(self.model, self.module_names)
+
     def revert_steps(self, records: list[StepRecord]) -> None:
         for record in reversed(records):
             if record.delta.applied:
@@ -307,9 +313,12 @@ class SMEditor(nn.Module):
         self.model.eval()
         records: list[StepRecord] = []
         try:
-            records = self.run_steps(requests, progress=progress, live=live)
+            with self.working_copies():
+                try:
+                    records = self.run_steps(requests, progress=progress, live=live)
+                finally:
+                    self.revert_steps(records)
         finally:
-            self.revert_steps(records)
             self.model.train(was_training)
         meta = self.metadata()
         meta["n_requests"] = str(len(requests))

@@ -47,12 +47,46 @@ def solve_shift(
     return torch.linalg.solve(weighted.T @ keys + ridge * eye, weighted.T @ value_diffs)
 
 
-def shift_dense(shift: Shift) -> torch.Tensor:
-    """The ``[d_in, d_out]`` matrix of a shift."""
+def shift_dense(shift: Shift, exact: bool = False) -> torch.Tensor:
+    """The ``[d_in, d_out]`` matrix of a shift.
+
+    ``exact``: formed by :func:`ordered_product`, the same bits on every device; otherwise by
+    ``a @ b``, whose bits depend on the GEMM kernel the device and layout pick.
+    """
     if isinstance(shift, tuple):
         a, b = shift
-        return a @ b
+        return ordered_product(a, b) if exact else a @ b
     return shift
+
+
+# rows of the product formed at once on a CPU: keeps the block being accumulated in cache
+_CPU_BLOCK_BYTES = 4 << 20
+
+
+def ordered_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with one fixed sequence of roundings: the rank-1 terms ``a[:, j] b[j]`` added in
+    order of ``j``, every product and every sum rounded to the dtype.
+
+    Matrix multiplication leaves the order of its additions to the kernel (blocking, threads,
+    vector width), so two devices, or one device with two layouts, give different bits. Elementwise
+    products and sums are exactly rounded by IEEE 754 everywhere, so this gives the same bits on
+    any CPU or GPU: what makes weights replayed after a restart, on any device, hash like the live
+    ones. It costs ``rank`` passes over the output instead of one GEMM.
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"cannot multiply {tuple(a.shape)} by {tuple(b.shape)}")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(device=a.device, dtype=dtype)
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=dtype, device=a.device)
+    if a.device.type == "cpu":
+        rows = max(1, _CPU_BLOCK_BYTES // max(1, b.shape[1] * out.element_size()))
+    else:
+        rows = a.shape[0]
+    for start in range(0, a.shape[0], rows):
+        block, part = out[start : start + rows], a[start : start + rows]
+        for j in range(a.shape[1]):
+            block.add_(part[:, j : j + 1] * b[j : j + 1])  # two roundings: the product, then the sum
+    return out
 
 
 def shift_numel(shift: Shift) -> int:

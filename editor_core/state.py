@@ -3,7 +3,9 @@
 Adding and subtracting floats does not round-trip, so undoing an old edit by subtraction would
 drift. Instead the edited modules keep an fp32 master copy of their base weights, and every state
 is recomputed as ``cast(master + d1 + d2 + ...)`` in a fixed order: the same active list always
-gives the same bits, in any process, for fp32, bf16 and fp16 models alike.
+gives the same bits, in any process and on any device, for fp32, bf16 and fp16 models alike
+(a low-rank shift becomes its dense matrix by ``solve.ordered_product``, whose roundings do not
+depend on the device, where ``a @ b`` would round as the device's GEMM kernel chooses).
 
 Rebuilding from the masters costs one pass over every active delta, which grows with the
 history. The running sums of the last few active lists are kept, so the usual moves (try
@@ -65,7 +67,7 @@ class WeightState:
             weight = sums.get(name, self._masters[name])
             adding = [d for d in rest if name in d]
             for i, delta in enumerate(adding):
-                shift = delta.dense(name).to(device=weight.device, dtype=weight.dtype)
+                shift = delta.dense(name, exact=True).to(device=weight.device, dtype=weight.dtype)
                 if i == 0:
                     weight = weight + shift  # a new tensor: cached sums and masters are never written to
                 else:

@@ -10,11 +10,9 @@ One training step, for a batch of edit requests:
 3. revert the model, then carry ``dL/dW`` back through each step's least-squares solve (a small
    autograd graph over ``dV`` and the ridge) and through the hypernetwork, token chunk by chunk.
 
-Step 3 is MALMEN's decoupling: the language model's backward never holds the hypernetwork graph,
-so the number of edits per step is bounded by neither. Captures are treated as constants (the
-dependence of step 2's captures on step 1's shift is not differentiated), a first-order
-approximation that keeps each step's cost at one forward/backward of the edit batch.
-"""
+Step 3 is MALMEN's decoupling: the LM's backward never holds the hypernetwork graph. Captures are
+constants (step 2's dependence on step 1's shift is not differentiated): first-order, one
+forward/backward of the edit batch per step."""
 
 from __future__ import annotations
 
@@ -200,11 +198,12 @@ def train_step(
             loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
             base_loc = _masked_logprobs(model, loc)
     locality_keys = _locality_keys(editor, requests, cfg)
-    records = editor.run_steps(requests, update_stats=True, live=live)
-    try:
-        weight_grads, stats = edited_loss_grads(editor, requests, cfg, base_loc)
-    finally:
-        editor.revert_steps(records)
+    with editor.working_copies():  # bf16/fp16 models: exact steps, dL/dW in fp32
+        records = editor.run_steps(requests, update_stats=True, live=live)
+        try:
+            weight_grads, stats = edited_loss_grads(editor, requests, cfg, base_loc)
+        finally:
+            editor.revert_steps(records)
     if cfg.reg == "l2":
         sq_norm, grads = shift_penalty(editor, records, cfg, locality_keys)
         for name, grad in grads.items():
@@ -231,16 +230,17 @@ def _objective(editor: SMEditor, requests: Sequence[EditRequest], cfg: TrainConf
         loc = _locality_batch(editor.tokenizer, requests, cfg).to(editor.device)
         base_loc = _masked_logprobs(model, loc)
     locality_keys = _locality_keys(editor, requests, cfg)
-    records = editor.run_steps(requests)
-    try:
-        gen = _generalisation_batch(editor.tokenizer, requests, cfg).to(editor.device)
-        logits = model(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
-        loss = float(target_nll(logits, gen).mean())
-        if base_loc is not None:
-            edited = _masked_logprobs(model, loc)
-            loss += cfg.reg_coef * float((base_loc.exp() * (base_loc - edited)).sum(-1).mean())
-    finally:
-        editor.revert_steps(records)
+    with editor.working_copies():
+        records = editor.run_steps(requests)
+        try:
+            gen = _generalisation_batch(editor.tokenizer, requests, cfg).to(editor.device)
+            logits = model(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
+            loss = float(target_nll(logits, gen).mean())
+            if base_loc is not None:
+                edited = _masked_logprobs(model, loc)
+                loss += cfg.reg_coef * float((base_loc.exp() * (base_loc - edited)).sum(-1).mean())
+        finally:
+            editor.revert_steps(records)
     if cfg.reg == "l2":
         loss += cfg.reg_coef * shift_penalty(editor, records, cfg, locality_keys)[0]
     return loss
