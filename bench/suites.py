@@ -12,6 +12,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "lifelong": ("bench.lifelong", "the capacity curve: edits arriving one at a time through the service, scored on all live edits vs the base"),
     "realdata": ("bench.realdata", "CounterFact edits on a GPT-2 trained from scratch on CounterFact facts (or --base minilm, --model-dir)"),
     "gate_cost": ("bench.gate_cost", "one quality-gate measurement (canaries + live re-checks) vs one forward pass over its rows"),
+    "scale": ("bench.scale", "edit() and a meta-training step at real widths (Llama-3-8B, GPT-J-6B; random weights, 2 blocks), extrapolated to full depth"),
     "serving": ("bench.serving", "embedded service overhead, micro-batching, edited inference"),
     "service": ("bench.service", "production mode (Redis + PostgreSQL): latency through the service, replica catch-up"),
 }

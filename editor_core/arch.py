@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Per family: a template for the edited module of layer i (MLP output / down projection: the
-# layers MEND, MALMEN and EMSEdit edit) and the config attribute holding the layer count.
+# Per family: a template for the MLP output projection of layer i (what MEND, MALMEN and MEMIT
+# edit) and the config attribute holding the layer count.
 _FAMILIES: dict[str, tuple[str, str]] = {
     "gpt2": ("transformer.h.{}.mlp.c_proj", "n_layer"),
     "gptj": ("transformer.h.{}.mlp.fc_out", "n_layer"),
@@ -41,9 +41,35 @@ def model_family(model: nn.Module) -> str:
 
 
 def default_modules(model: nn.Module) -> list[str]:
-    """The modules edited by default: MLP output projections of the last layers."""
+    """MLP output projections of the last layers: what MEND, MALMEN, MEMIT and FT-L edit."""
     n_layers = layer_count(model)
     return last_layer_modules(model, max(1, min(MAX_DEFAULT_LAYERS, n_layers // 2)))
+
+
+# The projections and layers the EMSEdit paper edits, per family, as shares of the depth
+# [first, last], from its model configs: Llama-3-8B gate_proj 11-15 and up_proj 18-24 of 32,
+# Gemma-2-9B gate_proj and up_proj 32-40 of 42, Qwen2.5-7B down_proj 17-19 of 28. Other
+# families: default_modules. bench.scale measures what these cost at real widths.
+_PAPER_LAYERS: dict[str, list[tuple[str, float, float]]] = {
+    "llama": [("model.layers.{}.mlp.gate_proj", 11 / 32, 15 / 32), ("model.layers.{}.mlp.up_proj", 18 / 32, 24 / 32)],
+    "gemma2": [("model.layers.{}.mlp.gate_proj", 32 / 42, 40 / 42), ("model.layers.{}.mlp.up_proj", 32 / 42, 40 / 42)],
+    "qwen2": [("model.layers.{}.mlp.down_proj", 17 / 28, 19 / 28)],
+}
+
+
+def paper_modules(model: nn.Module) -> list[str]:
+    """The SMEdit editor's default modules: the paper's choice for its families (scaled to the
+    model's depth, at least one layer each), else :func:`default_modules`."""
+    family = model_family(model)
+    if family not in _PAPER_LAYERS:
+        return default_modules(model)
+    n_layers = layer_count(model)
+    names = []
+    for template, first, last in _PAPER_LAYERS[family]:
+        lo = min(n_layers - 1, round(first * n_layers))
+        hi = max(lo, min(n_layers - 1, round(last * n_layers)))
+        names += [template.format(i) for i in range(lo, hi + 1)]
+    return names
 
 
 def layer_count(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from editor_core.arch import default_modules, get_module, weight_shape
+from editor_core.arch import get_module, paper_modules, weight_shape
 from editor_core.capture import Capture, capture_batch, concat_captures
 from editor_core.delta import Delta
 from editor_core.hypernet import HyperNet
@@ -117,7 +117,7 @@ class SMEditor(nn.Module):
         # The model is not a submodule: the editor's state_dict must hold only the editor.
         object.__setattr__(self, "model", model)
         self.tokenizer = tokenizer
-        self.module_names: list[str] = list(self.config.modules or default_modules(model))
+        self.module_names: list[str] = list(self.config.modules or paper_modules(model))
         self.config.modules = list(self.module_names)
 
         groups: dict[str, list[str]] = {}

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from editor_core.arch import default_modules, get_module, last_layer_modules, weight_in_out
+from editor_core.arch import default_modules, get_module, last_layer_modules, paper_modules, weight_in_out
 from editor_core.capture import capture_batch
 from editor_core.delta import Delta
 from editor_core.editor import CheckpointMismatchError, EditorConfig, SMEditor
@@ -25,7 +25,7 @@ from tests.editor_core.conftest import same_bits as _same_bits, snapshot as _sna
 def test_two_step_batch_edit_applies_and_reverts_exactly(tokenizer, family, dtype):
     model = build_tiny(family, len(tokenizer), dtype)
     editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, rank=8, init_lr=1.0))
-    assert editor.module_names == default_modules(model)
+    assert editor.module_names == paper_modules(model)
     before = _snapshot(model)
 
     delta = editor.edit(REQUESTS)
@@ -53,6 +53,27 @@ def test_default_modules_are_last_mlp_outputs(tokenizer):
     llama = build_tiny("llama", len(tokenizer))
     assert last_layer_modules(llama, 1) == ["model.layers.3.mlp.down_proj"]
     assert len(last_layer_modules(llama, 99)) == 4  # every layer, no more
+
+
+def test_the_editor_edits_what_the_paper_edits_per_family(tokenizer):
+    """Llama-3-8B: gate_proj of layers 11-15 and up_proj of 18-24 (EMSEdit's configs); scaled to
+    the depth of smaller models; families without a paper choice edit the MLP outputs."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    class Shell(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+    llama3 = paper_modules(Shell(LlamaConfig(num_hidden_layers=32)))
+    assert llama3 == [f"model.layers.{i}.mlp.gate_proj" for i in range(11, 16)] + \
+        [f"model.layers.{i}.mlp.up_proj" for i in range(18, 25)]
+    assert paper_modules(Shell(Qwen2Config(num_hidden_layers=28))) == [f"model.layers.{i}.mlp.down_proj" for i in (17, 18, 19)]
+    tiny = build_tiny("llama", len(tokenizer))
+    assert {n.rsplit(".", 1)[-1] for n in paper_modules(tiny)} == {"gate_proj", "up_proj"}
+    assert SMEditor(tiny, tokenizer).module_names == paper_modules(tiny)
+    gpt2 = build_tiny("gpt2", len(tokenizer))
+    assert paper_modules(gpt2) == default_modules(gpt2)
 
 
 def test_explicit_modules_and_bad_module_name(tokenizer):
