@@ -10,7 +10,8 @@ edits what it edits by default (``arch.paper_modules``: Llama gate/up projection
 output), with its key moments fitted (the d_in x d_in ridge a trained editor carries).
 
 For every number of facts n, three edits are timed with their peak memory beyond the model
-(``common.peak_memory_during``): all default modules; one module in the first block; one module
+(``common.peak_memory_during``; each editor has edited once before, so the one-time inverse of
+its key moments is not in them): all default modules; one module in the first block; one module
 in the last block. From them, to first order, an edited module's own cost (captures, moment,
 working copy, solve) and a block's cost in the backward graph (which starts at the first edited
 block), and so the full-depth figure: the last-block edit, plus the full model's further edited
@@ -107,6 +108,7 @@ def build(family: Family, n_layers: int, device: str, dtype: torch.dtype):
 def full_depth_shapes(family: Family) -> tuple[int, int, list[str]]:
     """(parameters, editor checkpoint bytes, edited modules) of the released depth, on ``meta``."""
     from editor_core.arch import paper_modules
+    from editor_core.checkpoint import checkpoint_bytes
     from editor_core.editor import EditorConfig, SMEditor
     from transformers import AutoModelForCausalLM
 
@@ -114,7 +116,7 @@ def full_depth_shapes(family: Family) -> tuple[int, int, list[str]]:
         model = AutoModelForCausalLM.from_config(family.config(family.full_layers))
         editor = SMEditor(model, None, EditorConfig())
     n_params = sum(p.numel() for p in model.parameters())
-    ckpt = sum(t.numel() * t.element_size() for t in editor.state_dict().values())
+    ckpt = checkpoint_bytes(editor.state_dict())
     return n_params, ckpt, paper_modules(model)
 
 
@@ -150,6 +152,7 @@ def run_family(family: Family, n_layers: int, facts: list[int], device: str, dty
     for key, names in (("all", modules), ("first", [low]), ("last", [high])):
         editor = SMEditor(model, tok, EditorConfig(modules=names, n_steps=2))
         editor.fit_key_moments(fact_requests(64, offset=10_000))  # a trained editor's d_in x d_in moments
+        editor.edit(fact_requests(1, offset=30_000))  # once per process: the moments' inverses, kernel warm-up
         editors[key] = editor
     full_params, full_ckpt, full_modules = full_depth_shapes(family)
     full_blocks = family.full_layers - min(map(_block, full_modules))  # blocks in the backward graph

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from editor_core.arch import get_module, paper_modules, weight_shape
 from editor_core.capture import Capture, capture_batch, concat_captures
+from editor_core.checkpoint import pack_moments, per_module_moments, unpack_moments
 from editor_core.delta import Delta
 from editor_core.hypernet import HyperNet
 from editor_core.key_moment import KEY_SOURCES, KeyMoment, LivePrecision, keys_only_delta
@@ -333,12 +334,14 @@ class SMEditor(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         self.editor_id = self.compute_editor_id()
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        packed = pack_moments(state)
         save_file(state, out / "editor.safetensors")
         info = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "base_fingerprint": self.base_fingerprint,
             "editor_id": self.editor_id,
+            **({"packed_moments": packed} if packed else {}),
             **(extra or {}),
         }
         (out / "editor.json").write_text(json.dumps(info, indent=2))
@@ -367,23 +370,8 @@ class SMEditor(nn.Module):
                 f"but the loaded model is {editor.base_fingerprint}; train an editor for this model "
                 "(smedit train-editor) or load the model it was trained for"
             )
-        state = _per_module_moments(load_file(path / "editor.safetensors", device=str(editor.device)), editor)
+        state = load_file(path / "editor.safetensors", device=str(editor.device))
+        state = per_module_moments(unpack_moments(state, info.get("packed_moments", [])), editor)
         editor.load_state_dict(state)
         editor.editor_id = info["editor_id"]
         return editor
-
-
-
-def _per_module_moments(state: dict[str, torch.Tensor], editor: SMEditor) -> dict[str, torch.Tensor]:
-    """Checkpoints before TRAINING_VERSION 4 kept one key moment per (step, weight shape); each
-    module now has its own, shared by the steps: such a checkpoint gives every module its shape's
-    step-1 moment (the edits it makes differ from before only through steps 2..S's moments)."""
-    if not any(".key_moment." in k for k in state):
-        return state
-    converted = {k: v for k, v in state.items() if ".key_moment." not in k}
-    for i, name in enumerate(editor.module_names):
-        shape_key = editor.slots[name][0]
-        for buf in ("count", "moment"):
-            converted[f"key_moments.{i}.{buf}"] = state[f"nets.0.{shape_key}.key_moment.{buf}"]
-        converted[f"key_moments.{i}.fitted"] = torch.zeros((), dtype=torch.float64)
-    return converted

@@ -29,6 +29,10 @@ from editor_core.tokens import pair_batch
 from editor_core.types import EditRequest
 
 PRECONDITIONS = ("full", "diag", "none")
+# Above this many inputs "full" keeps the diagonal only: a d x d fp64 moment of GPT-J's fc_out
+# (16,384 inputs) is 2 GB per module, more than the model's own bytes over 6 modules. Llama's
+# gate/up projections (4,096 inputs, the paper's choice) keep the full moment.
+FULL_MAX_WIDTH = 8192
 KEY_SOURCES = ("edits", "corpus")
 
 
@@ -46,14 +50,15 @@ class KeyMoment(nn.Module):
         if not 0.0 < shrinkage <= 1.0:
             raise ValueError(f"key_shrinkage must be in (0, 1], got {shrinkage}")
         self.size = size
-        self.mode = mode
+        self.mode = "diag" if mode == "full" and size > FULL_MAX_WIDTH else mode
+        mode = self.mode
         self.shrinkage = shrinkage
         shape = (size, size) if mode == "full" else (size,) if mode == "diag" else (0,)
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("moment", torch.zeros(shape, dtype=torch.float64))
         # 1 once fitted on a preservation corpus: training updates then leave it alone
         self.register_buffer("fitted", torch.zeros((), dtype=torch.float64))
-        self._precision: torch.Tensor | None = None
+        self._precision: dict[torch.dtype, torch.Tensor] = {}  # C⁻¹ per dtype asked for (fp32 at edit time)
         self.revision = 0  # bumped whenever the moment changes: what caches of its inverse check
 
     @torch.no_grad()
@@ -83,7 +88,7 @@ class KeyMoment(nn.Module):
         self._invalidate()
 
     def _invalidate(self) -> None:
-        self._precision = None
+        self._precision = {}
         self.revision += 1
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
@@ -113,12 +118,12 @@ class KeyMoment(nn.Module):
         ``(μ / e^λ) K_liveᵀ K_live``. Without it the inverse is cached.
         """
         if live is None:
-            if self._precision is None:
+            if dtype not in self._precision:
                 c = self.shrunk()
                 if c is None:
                     return None
-                self._precision = _inverse(c)
-            return self._precision.to(dtype)
+                self._precision[dtype] = _inverse(c).to(dtype)  # inverted in fp64, kept in the dtype used
+            return self._precision[dtype]
         c = self.shrunk()
         live = live.to(device=self.moment.device, dtype=torch.float64)
         if c is None:

@@ -45,9 +45,22 @@ def test_the_cached_inverse_follows_the_moment_through_to():
     moment = KeyMoment(4, "full")
     moment.update(torch.randn(8, 4))
     assert moment.precision(torch.float32).dtype == torch.float32
-    assert moment._precision is not None
+    assert moment._precision
     moment.to(torch.float64)
-    assert moment._precision is None, ".to() must drop the inverse derived from the old buffers"
+    assert not moment._precision, ".to() must drop the inverse derived from the old buffers"
+
+
+def test_inputs_wider_than_the_full_limit_keep_the_diagonal_and_the_inverse_is_kept_in_one_dtype():
+    from editor_core.key_moment import FULL_MAX_WIDTH
+
+    assert KeyMoment(FULL_MAX_WIDTH, "full").mode == "full"
+    wide = KeyMoment(FULL_MAX_WIDTH + 1, "full")
+    assert wide.mode == "diag" and wide.moment.shape == (FULL_MAX_WIDTH + 1,)
+    moment = KeyMoment(4, "full")
+    moment.update(torch.randn(8, 4, dtype=torch.float64))
+    p32 = moment.precision(torch.float32)
+    assert list(moment._precision) == [torch.float32]  # no fp64 copy kept beside it
+    assert torch.equal(p32, moment.precision(torch.float64).float())
 
 
 def test_the_live_precision_is_updated_incrementally_and_equals_the_direct_inverse():
