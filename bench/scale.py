@@ -178,7 +178,7 @@ def run_family(family: Family, n_layers: int, facts: list[int], device: str, dty
     editor = editors["all"]
     optimizer = torch.optim.Adam(editor.parameters(), lr=1e-4)
     batch = fact_requests(train_step_edits, offset=20_000)
-    train_s, train_mb = measure(lambda: train_step(editor, batch, TrainConfig(reg="l2"), optimizer))
+    train_s, train_mb = measure(lambda e=editor: train_step(e, batch, TrainConfig(reg="l2"), optimizer))
     del editors, editor, model
     gc.collect()
     return {
