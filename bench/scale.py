@@ -136,7 +136,7 @@ def measure(fn) -> tuple[float, float]:
 
 
 def run_family(family: Family, n_layers: int, facts: list[int], device: str, dtype: torch.dtype, tok,
-               train_step_edits: int) -> dict:
+               train_step_edits: int, offload: bool = False) -> dict:
     from editor_core.arch import paper_modules
     from editor_core.editor import EditorConfig, SMEditor
     from editor_core.train import train_step
@@ -151,6 +151,7 @@ def run_family(family: Family, n_layers: int, facts: list[int], device: str, dty
     editors = {}
     for key, names in (("all", modules), ("first", [low]), ("last", [high])):
         editor = SMEditor(model, tok, EditorConfig(modules=names, n_steps=2))
+        editor.capture_device = "cpu" if offload else None
         editor.fit_key_moments(fact_requests(64, offset=10_000))  # a trained editor's d_in x d_in moments
         editor.edit(fact_requests(1, offset=30_000))  # once per process: the moments' inverses, kernel warm-up
         editors[key] = editor
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--train-edits", type=int, default=16, help="edits in the measured meta-training step")
     parser.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--offload-captures", action="store_true", help="edits keep their captures on the CPU")
     parser.add_argument("--quick", action="store_true", help="Llama-3-8B widths only, 1 and 16 facts (a few minutes on CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok = make_tokenizer(Path(tmp))
         for name in args.families:  # a run cut short by a time limit keeps the families done
-            families.append(run_family(FAMILIES[name], args.layers, args.facts, device, dtype, tok, args.train_edits))
+            families.append(run_family(FAMILIES[name], args.layers, args.facts, device, dtype, tok, args.train_edits,
+                                       args.offload_captures))
             _write(args, device, dtype, started, families, plot=False)
     rows = [[f["family"], r["n"], r["edit_s"], r["peak_mb"], r["full_edit_s"], r["full_peak_mb"]]
             for f in families for r in f["rows"]]
@@ -254,6 +257,7 @@ def _write(args, device: str, dtype: torch.dtype, started: float, families: list
     from bench.common import write_result
 
     payload = {"device": device, "dtype": str(dtype).replace("torch.", ""), "layers": args.layers,
+               "offload_captures": args.offload_captures,
                "seconds": round(time.perf_counter() - started, 1), "families": families}
     path = write_with_plots("scale", payload, plot_scale)[0] if plot else write_result("scale", payload)
     if args.json is not None and args.json.resolve() != path.resolve():

@@ -120,6 +120,11 @@ class SMEditor(nn.Module):
         self.tokenizer = tokenizer
         self.module_names: list[str] = list(self.config.modules or paper_modules(model))
         self.config.modules = list(self.module_names)
+        # Where an edit's captures wait while the other chunks and modules are computed: None is
+        # the model's device; "cpu" offloads them (keys and gradients of every edited token, for
+        # every module: ~20 GB for 10k facts at 7B), and each module's come back for its solve.
+        # Not a property of the editor (not in its config or id); edit() only, not meta-training.
+        self.capture_device: torch.device | str | None = None
 
         groups: dict[str, list[str]] = {}
         shapes: dict[str, tuple[int, int]] = {}
@@ -221,7 +226,10 @@ class SMEditor(nn.Module):
                 [r.target for r in chunk],
                 self.config.max_length,
             )
-            parts.append(capture_batch(self.model, self.module_names, batch))
+            part = capture_batch(self.model, self.module_names, batch)
+            if self.capture_device is not None:
+                part = {n: Capture(c.keys.to(self.capture_device), c.grads.to(self.capture_device)) for n, c in part.items()}
+            parts.append(part)
         return concat_captures(parts)
 
     def value_diffs(self, step: int, name: str, cap: Capture) -> torch.Tensor:
@@ -271,8 +279,11 @@ class SMEditor(nn.Module):
                         self.update_stats(step, captures)
                     live_precisions = self.live_precisions(step, live)
                     for name, cap in captures.items():
+                        cap = Capture(cap.keys.to(self.device), cap.grads.to(self.device))  # back, if offloaded
                         value_diffs[name] = self.value_diffs(step, name, cap)
                         shifts[name] = self.solve(step, name, cap.keys, value_diffs[name], live_precisions.get(name))
+                        if self.capture_device is not None:
+                            value_diffs[name] = value_diffs[name].to(self.capture_device)
                 delta = Delta(shifts)
                 delta.apply_(self.model)
                 records.append(StepRecord(captures, value_diffs, delta, live_precisions))

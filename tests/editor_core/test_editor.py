@@ -244,6 +244,17 @@ def test_edit_is_deterministic_and_does_not_change_the_editor(tokenizer):
     assert all(torch.equal(v, editor_state[k]) for k, v in editor.state_dict().items())
 
 
+def test_captures_can_wait_on_another_device_without_changing_the_delta(tokenizer):
+    """``capture_device`` set (offloading a GPU edit's captures to the CPU: tests/editor_core/test_gpu.py
+    runs it across devices) takes the same code path on a CPU and gives the same bits."""
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, init_lr=1.0))
+    kept = editor.edit(REQUESTS)
+    editor.capture_device = "cpu"
+    again = editor.edit(REQUESTS)
+    assert all(torch.equal(kept.dense(n), again.dense(n)) for n in kept.module_names)
+
+
 def test_chunked_capture_gives_the_same_delta(tokenizer):
     model = build_tiny("gpt2", len(tokenizer))
     whole = SMEditor(model, tokenizer, EditorConfig(n_steps=2, edit_batch_size=32, token_chunk=4096))

@@ -67,3 +67,16 @@ def test_edit_on_a_model_split_over_two_devices(tokenizer):
     state.set_active([delta])
     state.set_active([])
     assert same_bits(model, before)
+
+
+def test_captures_offloaded_to_the_cpu_give_the_same_delta(tokenizer):
+    model = build_tiny("llama", len(tokenizer), torch.bfloat16).cuda()
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, init_lr=1.0, edit_batch_size=1))
+    kept = editor.edit(REQUESTS)
+    editor.capture_device = "cpu"
+    records = editor.run_steps(REQUESTS)
+    editor.revert_steps(records)
+    assert all(not c.keys.is_cuda and not c.grads.is_cuda for r in records for c in r.captures.values())
+    offloaded = editor.edit(REQUESTS)
+    for name in kept.module_names:
+        assert torch.equal(offloaded.dense(name, exact=True).cpu(), kept.dense(name, exact=True).cpu())
