@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="dev: choose settings; test: report (subject-disjoint from train and dev)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    parser.add_argument("--preserve", choices=["all", "train"], default="all",
+                        help="preservation set of key_source=corpus methods and MEMIT: every record's facts (all), or "
+                             "only those of the records not evaluated (train: no evaluated subject's facts, nor its neighbours')")
     parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen, gs_gen)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true",
@@ -327,11 +330,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     from editor_core.types import EditRequest
 
-    # what the base model was taught (its corpus): the preservation set of key_source=corpus methods
-    preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(records)]
     results: dict = {}
     base = None
     train, val, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
+    # what the base model was taught (its corpus): the preservation set of key_source=corpus methods
+    evaluated = val if args.split == "dev" else test
+    preserved = records if args.preserve == "all" else [r for r in records if r not in evaluated]
+    preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(preserved)]
+    if args.preserve == "train":  # nor the evaluated records' neighbourhood prompts, where another record has them
+        held_out = {q for r in evaluated for q in (r.prompt, *r.paraphrases, *(p.prompt for p in r.locality))}
+        preserve = [r for r in preserve if r.prompt not in held_out]
     print(f"split by subject: {len(train)} train, {len(val)} dev, {len(test)} test records; evaluating {args.split}")
     import random
 
@@ -364,8 +372,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 ["method", "n"] + COLUMNS, rows)
     from bench.plots import plot_quality
 
-    path, _ = write_with_plots(f"realdata_{name}" + ("_dev" if args.split == "dev" else ""), {
-        "split": args.split, "split_sizes": {"train": len(train), "dev": len(val), "test": len(test)},
+    suffix = ("_dev" if args.split == "dev" else "") + ("_preservetrain" if args.preserve == "train" else "")
+    path, _ = write_with_plots(f"realdata_{name}{suffix}", {
+        "split": args.split, "preserve": args.preserve, "preserve_facts": len(preserve), "split_sizes": {"train": len(train), "dev": len(val), "test": len(test)},
         "dataset": f"{dataset} {args.data.name}", "data": str(args.data), "n_records": len(records),
         "model_dir": str(model_dir), "lm": None if args.model_dir is not None else args.lm,
         "base": None if args.model_dir is not None else args.base,

@@ -34,7 +34,7 @@ from editor_core.models import model_fingerprint
 from editor_core.solve import Shift, solve_shift
 from editor_core.tokens import pair_batch
 from editor_core.types import EditRequest
-from editor_core.working_copy import fp32_working_copies
+from editor_core.working_copy import WorkingCopies
 
 CHECKPOINT_FORMAT = "smedit-editor-1"
 
@@ -125,6 +125,7 @@ class SMEditor(nn.Module):
         # every module: ~20 GB for 10k facts at 7B), and each module's come back for its solve.
         # Not a property of the editor (not in its config or id); edit() only, not meta-training.
         self.capture_device: torch.device | str | None = None
+        self._copies = WorkingCopies(model, self.module_names)
 
         groups: dict[str, list[str]] = {}
         shapes: dict[str, tuple[int, int]] = {}
@@ -262,12 +263,15 @@ class SMEditor(nn.Module):
         progress: bool = False,
         live: Sequence[Delta] = (),
     ) -> list[StepRecord]:
-        """Run the S steps, leaving every step's delta applied to the model.
+        """Run the S steps inside ``with editor.working_copies():``, leaving every step's shift
+        added to the working copies.
 
         The caller reverts them (``revert_steps``). ``update_stats`` feeds the captures to the
         normalisers, which only meta-training does. ``live``: deltas already applied to the model
         whose recorded keys the solve protects (``config.live_weight``).
         """
+        if not self._copies.active:
+            raise RuntimeError("run_steps() runs inside `with editor.working_copies():` (edit() opens it)")
         records: list[StepRecord] = []
         try:
             for step in tqdm(range(self.config.n_steps), desc="edit steps", disable=not progress):
@@ -285,22 +289,23 @@ class SMEditor(nn.Module):
                         if self.capture_device is not None:
                             value_diffs[name] = value_diffs[name].to(self.capture_device)
                 delta = Delta(shifts)
-                delta.apply_(self.model)
+                for name in shifts:
+                    self._copies.add_(name, delta.dense(name))
                 records.append(StepRecord(captures, value_diffs, delta, live_precisions))
         except BaseException:
             self.revert_steps(records)
             raise
         return records
 
-    def working_copies(self):
-        """fp32 copies of the edited modules of a bf16/fp16 model while steps run (see
-        ``working_copy.py``); the steps' deltas are applied to and reverted from them."""
-        return fp32_working_copies(self.model, self.module_names)
+    def working_copies(self) -> WorkingCopies:
+        """fp32 copies of the edited modules while steps run (``working_copy.py``): exact steps on
+        bf16/fp16 models, no per-step backups; the model's own weights are untouched."""
+        return self._copies
 
     def revert_steps(self, records: list[StepRecord]) -> None:
-        for record in reversed(records):
-            if record.delta.applied:
-                record.delta.revert_(self.model)
+        """Undo ``run_steps``: the working copies back to the original weights."""
+        if records:
+            self._copies.reset()
 
     def metadata(self) -> dict[str, str]:
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")

@@ -74,8 +74,9 @@ def test_captures_offloaded_to_the_cpu_give_the_same_delta(tokenizer):
     editor = SMEditor(model, tokenizer, EditorConfig(n_steps=2, init_lr=1.0, edit_batch_size=1))
     kept = editor.edit(REQUESTS)
     editor.capture_device = "cpu"
-    records = editor.run_steps(REQUESTS)
-    editor.revert_steps(records)
+    with editor.working_copies():
+        records = editor.run_steps(REQUESTS)
+        editor.revert_steps(records)
     assert all(not c.keys.is_cuda and not c.grads.is_cuda for r in records for c in r.captures.values())
     offloaded = editor.edit(REQUESTS)
     for name in kept.module_names:

@@ -127,11 +127,12 @@ def test_locality_l2_metric_is_the_norm_plus_the_output_change_on_unrelated_prom
                       locality_weight=0.7)
     editor = SMEditor(model, tokenizer, cfg.editor_config())
     keys = capture_keys(model, editor.module_names, _locality_batch(tokenizer, REQUESTS, cfg))
-    records = editor.run_steps(REQUESTS)
-    try:
-        value, grads = shift_penalty(editor, records, cfg, keys)
-    finally:
-        editor.revert_steps(records)
+    with editor.working_copies():
+        records = editor.run_steps(REQUESTS)
+        try:
+            value, grads = shift_penalty(editor, records, cfg, keys)
+        finally:
+            editor.revert_steps(records)
     expected = 0.0
     for name in editor.module_names:
         total = torch.stack([r.delta.dense(name) for r in records]).sum(0).requires_grad_(True)

@@ -1,4 +1,4 @@
-"""fp32 working copies: on a bf16 model, step 2 of an edit sees step 1's whole shift."""
+"""Working copies: on a bf16 model step 2 of an edit sees step 1's whole shift; no backups."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from editor_core.arch import get_module, weight_in_out
 from editor_core.editor import EditorConfig, SMEditor
 from editor_core.train import train_step
 from editor_core.train_config import TrainConfig
-from editor_core.working_copy import fp32_working_copies
+from editor_core.working_copy import WorkingCopies
 from tests.editor_core.conftest import EDIT_REQUESTS as REQUESTS, build_tiny, same_bits, snapshot
 
 
@@ -27,22 +27,20 @@ def test_step_two_captures_the_model_with_step_ones_whole_shift(tokenizer):
     base = weight_in_out(get_module(model, name)).detach().float().clone()
     before = snapshot(model)
 
-    with editor.working_copies() as copied:
-        assert copied == editor.module_names
+    with editor.working_copies():
         records = editor.run_steps(REQUESTS)
-        step1 = records[0].delta.dense(name)
-        exact = (base + step1) + records[1].delta.dense(name)  # what apply_ computes, step by step
-        assert torch.equal(weight_in_out(get_module(model, name)), exact)
+        step1, step2 = records[0].delta.dense(name), records[1].delta.dense(name)
+        assert torch.equal(weight_in_out(get_module(model, name)), (base + step1) + step2)  # one rounding per step
         editor.revert_steps(records)
+        assert torch.equal(weight_in_out(get_module(model, name)), base)
     assert same_bits(model, before)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
-    # the control: applied to the bf16 weights themselves, most of the first step is rounded away
-    records = editor.run_steps(REQUESTS)
-    kept = weight_in_out(get_module(model, name)).float() - base
-    lost = float((kept - records[0].delta.dense(name) - records[1].delta.dense(name)).norm())
-    editor.revert_steps(records)
-    assert lost > 0.1 * float(records[0].delta.dense(name).norm())
+    # the control: added to the bf16 weights themselves, most of the first step is rounded away
+    rounded = (base.bfloat16().float() + step1).bfloat16().float() - base
+    assert float((rounded - step1).norm()) > 0.1 * float(step1.norm())
+    with pytest.raises(RuntimeError, match="inside `with editor.working_copies"):
+        editor.run_steps(REQUESTS)
 
 
 def test_bf16_edit_is_close_to_the_fp32_one_and_leaves_the_model_unchanged(tokenizer):
@@ -77,25 +75,43 @@ def test_meta_training_step_on_a_bf16_model_takes_fp32_weight_gradients(tokenize
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_full_precision_models_get_no_copies(tokenizer, dtype):
+def test_full_precision_modules_get_a_copy_of_their_own_dtype_and_no_hooks(tokenizer, dtype):
     model = build_tiny("gpt2", len(tokenizer), dtype)
     editor = _editor(model, tokenizer)
-    weight = get_module(model, editor.module_names[0]).weight
-    with fp32_working_copies(model, editor.module_names) as copied:
-        assert copied == []
-        assert get_module(model, editor.module_names[0]).weight is weight
+    module = get_module(model, editor.module_names[0])
+    weight = module.weight
+    with WorkingCopies(model, editor.module_names):
+        assert module.weight is not weight and module.weight.dtype == dtype
+        assert torch.equal(module.weight, weight)
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    assert module.weight is weight
 
 
 def test_copies_nest_and_are_removed_after_an_error(tokenizer):
     model = build_tiny("gpt2", len(tokenizer), torch.float16)
     editor = _editor(model, tokenizer)
     name = editor.module_names[0]
-    weight = get_module(model, name).weight
+    module = get_module(model, name)
+    weight = module.weight
     with pytest.raises(RuntimeError, match="boom"):
         with editor.working_copies():
-            with editor.working_copies() as inner:
-                assert inner == []  # already fp32: nothing more to copy
-                assert get_module(model, name).weight.dtype == torch.float32
-                raise RuntimeError("boom")
-    assert get_module(model, name).weight is weight
-    assert not get_module(model, name)._forward_hooks and not get_module(model, name)._forward_pre_hooks
+            copy = module.weight
+            with editor.working_copies():
+                assert module.weight is copy and copy.dtype == torch.float32  # the outer block's copy
+            assert module.weight is copy  # the inner block did not restore
+            raise RuntimeError("boom")
+    assert module.weight is weight
+    assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_a_step_on_an_fp32_model_gives_the_bits_of_adding_to_the_weights(tokenizer):
+    """fp32: the copies change nothing numerically (the demo editors' edits are unchanged)."""
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = _editor(model, tokenizer)
+    name = editor.module_names[0]
+    base = weight_in_out(get_module(model, name)).detach().clone()
+    with editor.working_copies():
+        records = editor.run_steps(REQUESTS[:2])
+        assert torch.equal(weight_in_out(get_module(model, name)),
+                           (base + records[0].delta.dense(name)) + records[1].delta.dense(name))
+        editor.revert_steps(records)
