@@ -134,6 +134,12 @@ def test_realdata_suite_builds_a_base_model_and_evaluates(tiny_setup, results, t
     assert all(r["sequential"] == 2 for r in out["results"])
     editors = [json.loads(p.read_text())["config"] for p in (results / "editors" / "realdata").glob("*/editor.json")]
     assert any(c["key_source"] == "corpus" and c["live_weight"] == 1.0 for c in editors)
+    # --preserve train: the preservation set leaves out the evaluated records' facts and neighbours
+    assert out["preserve"] == "all"
+    main(args + ["--sequential", "2", "--methods", protected, "--preserve", "train"])
+    held_out = _load(results / "realdata_cf30_tiny_preservetrain.json")
+    assert held_out["preserve"] == "train" and 0 < held_out["preserve_facts"] < out["preserve_facts"]
+    assert len(list((results / "editors" / "realdata").glob("*/editor.json"))) == len(editors) + 1  # its own editor
 
 
 def test_realdata_suite_edits_a_given_model_dir(tiny_setup, results, tmp_path):
