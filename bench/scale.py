@@ -9,13 +9,14 @@ No real 7B weights exist here, so each family is built from its config at its re
 edits what it edits by default (``arch.paper_modules``: Llama gate/up projections, GPT-J the MLP
 output), with its key moments fitted (the d_in x d_in ridge a trained editor carries).
 
-For every number of facts n, three edits are timed with their peak memory beyond the model
+For every number of facts n, four edits are timed with their peak memory beyond the model
 (``common.peak_memory_during``; each editor has edited once before, so the one-time inverse of
-its key moments is not in them): all default modules; one module in the first block; one module
-in the last block. From them, to first order, an edited module's own cost (captures, moment,
-working copy, solve) and a block's cost in the backward graph (which starts at the first edited
-block), and so the full-depth figure: the last-block edit, plus the full model's further edited
-modules, plus its further blocks from the first edited one up. One meta-training step at 16
+its key moments is not in them): all default modules (the measured row); one module in the first
+block; one in the last block; both of these. From them, to first order, an edited module's own
+cost (captures, moment, working copy, solve: both minus first) and a block's cost in the backward
+graph (which starts at the first edited block: first minus last), and so the full-depth figure:
+the last-block edit, plus the full model's further edited modules, plus its further blocks from
+the first edited one up. One meta-training step at 16
 edits is measured the same way (all modules). The editor checkpoint's size is exact at full depth
 (the editor built on the full model's shapes on the ``meta`` device, nothing allocated).
 
@@ -150,7 +151,7 @@ def run_family(family: Family, n_layers: int, facts: list[int], device: str, dty
     template = first.replace(f".{_block(first)}.", ".{}.")
     low, high = template.format(0), template.format(n_layers - 1)
     editors = {}
-    for key, names in (("all", modules), ("first", [low]), ("last", [high])):
+    for key, names in (("all", modules), ("first", [low]), ("last", [high]), ("both", [low, high])):
         editor = SMEditor(model, tok, EditorConfig(modules=names, n_steps=2))
         editor.capture_device = "cpu" if offload else None
         editor.fit_key_moments(fact_requests(64, offset=10_000))  # a trained editor's d_in x d_in moments
@@ -166,8 +167,9 @@ def run_family(family: Family, n_layers: int, facts: list[int], device: str, dty
         requests = fact_requests(n)
         got = {key: measure(lambda e=editor: e.edit(requests)) for key, editor in editors.items()}
         (t_all, m_all), (t_first, m_first), (t_last, m_last) = got["all"], got["first"], got["last"]
-        # shares below zero are measurement noise
-        per_module = [max(0.0, x - y) / max(1, len(modules) - 1) for x, y in ((t_all, t_last), (m_all, m_last))]
+        (t_both, m_both) = got["both"]
+        # one more module at the same backward depth; shares below zero are measurement noise
+        per_module = [max(0.0, x - y) for x, y in ((t_both, t_first), (m_both, m_first))]
         per_block = [max(0.0, x - y) / max(1, n_layers - 1) for x, y in ((t_first, t_last), (m_first, m_last))]
         full = [base + (len(full_modules) - 1) * module + (full_blocks - 1) * block
                 for base, module, block in zip((t_last, m_last), per_module, per_block)]
