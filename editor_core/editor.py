@@ -329,12 +329,14 @@ class SMEditor(nn.Module):
         was_training = self.model.training
         self.model.eval()
         records: list[StepRecord] = []
+        nested = self._copies.active  # inside an outer block the copies outlive this edit
         try:
             with self.working_copies():
                 try:
                     records = self.run_steps(requests, progress=progress, live=live)
                 finally:
-                    self.revert_steps(records)
+                    if nested:  # otherwise leaving the block discards the copies: no reset needed
+                        self.revert_steps(records)
         finally:
             self.model.train(was_training)
         meta = self.metadata()

@@ -115,3 +115,15 @@ def test_a_step_on_an_fp32_model_gives_the_bits_of_adding_to_the_weights(tokeniz
         assert torch.equal(weight_in_out(get_module(model, name)),
                            (base + records[0].delta.dense(name)) + records[1].delta.dense(name))
         editor.revert_steps(records)
+
+
+def test_an_edit_inside_an_open_block_leaves_the_copies_as_the_originals(tokenizer):
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = _editor(model, tokenizer)
+    name = editor.module_names[0]
+    base = weight_in_out(get_module(model, name)).detach().clone()
+    with editor.working_copies():
+        delta = editor.edit(REQUESTS[:1])
+        assert delta.sq_norm() > 0
+        assert torch.equal(weight_in_out(get_module(model, name)), base)  # reset, not left shifted
+    assert torch.equal(weight_in_out(get_module(model, name)), base)
