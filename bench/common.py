@@ -27,12 +27,15 @@ def resolve_size(args) -> str:
     return args.size
 
 
-def demo_world_model(data_dir: Path, size: str, seed: int = 0, train_editor: bool = False):
-    """The demo world's base model (built and cached if absent), its tokenizer and world."""
+def demo_world_model(data_dir: Path, size: str, seed: int = 0, train_editor: bool = False,
+                     comparison: bool = True):
+    """The demo world's base model (built and cached if absent), its tokenizer and world;
+    ``comparison=False``: of the editors only the service's (no MALMEN comparison editor)."""
     from demo_world.build import build_demo
     from editor_core.models import load_model
 
-    paths = build_demo(data_dir, size=size, seed=seed, progress=True, train_editor=train_editor)
+    paths = build_demo(data_dir, size=size, seed=seed, progress=True, train_editor=train_editor,
+                       comparison=comparison)
     model, tok = load_model(paths.model_dir, device="auto")
     return paths, model, tok, paths.load_world()
 

@@ -52,6 +52,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from bench.capacity import BARS, capacity, edited_size, known_facts
 from bench.common import demo_world_model, print_table, resolve_size, results_dir, write_with_plots
 
 CHECKPOINTS = (10, 25, 50, 100, 200, 500, 1000)
@@ -151,6 +152,11 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
     editor.config = replace(editor.config, live_weight=arm["live"])
     editor.save(out, extra={"arm": arm["name"], "from": str(base)})
     return out
+
+
+def modules_of(editor_dir: Path) -> list[str]:
+    """The modules an editor checkpoint edits (its saved config)."""
+    return list(json.loads((Path(editor_dir) / "editor.json").read_text())["config"]["modules"])
 
 
 def edits_for(world, spec, split: str, seed: int, n: int):
@@ -422,15 +428,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     resolve_size(args)
     checkpoints = [c for c in (QUICK_CHECKPOINTS if args.quick else CHECKPOINTS) if c < args.edits] + [args.edits]
 
-    paths, model, tok, world = demo_world_model(args.data_dir, args.size, train_editor=True)
+    paths, model, tok, world = demo_world_model(args.data_dir, args.size, train_editor=True, comparison=False)
     spec = DEMO_SIZES[args.size]
     cache = results_dir() / "lifelong_editors" / args.size
     started = time.perf_counter()
     rows: list[dict] = []
+    sizes: dict[str, dict] = {}  # per arm: what its editor may change
     for seed in args.seeds:
         requests = edits_for(world, spec, args.split, seed, args.edits)
         for arm in arms:
             editor_dir = arm_editor(arm, paths, model, tok, world, spec, seed, cache, args.max_steps)
+            sizes[arm["name"]] = edited_size(model, modules_of(editor_dir))
             rows += run_arm(arm, editor_dir, paths, requests, checkpoints, args.burst, args.gate, seed,
                             args.production, args.redis_url, args.pg_url)
     summary = summarise(rows)
@@ -438,9 +446,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 ["arm", "live edits"] + METRICS + ["p50 s", "p99 s"],
                 [[e["arm"], e["live_edits"]] + [e["mean"][m] if e["mean"][m] is not None else "-"
                                                  for m in METRICS + ["latency_p50_s", "latency_p99_s"]] for e in summary])
+    held = capacity(summary, sizes, known_facts(paths.stats()))
+    print_table(f"capacity at the bars {BARS} (mean over seeds; 'failed at' = first checkpoint below a bar)",
+                ["arm", "held", "failed at", "edited params", "edited inputs", "known facts",
+                 "held / 1M params", "held / 1k inputs", "held / known facts"],
+                [[c["arm"], c["held"], c["failed_at"] or "-", c["edited_parameters"], c["edited_inputs"],
+                  c["known_facts"], c["held_per_million_parameters"], c["held_per_thousand_inputs"],
+                  c["held_share_of_known_facts"]] for c in held])
     payload = {"size": args.size, "split": args.split, "production": args.production, "seeds": args.seeds, "burst": args.burst, "gate": args.gate,
                "edits": args.edits, "checkpoints": checkpoints, "arms": [a["name"] for a in arms],
-               "seconds": round(time.perf_counter() - started, 1), "rows": rows, "summary": summary}
+               "seconds": round(time.perf_counter() - started, 1), "rows": rows, "summary": summary,
+               "capacity": held}
     name = f"lifelong_{args.size}_{args.split}"
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

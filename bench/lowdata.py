@@ -11,6 +11,11 @@ the quality suite's (``bench/results/editors/<size>/``); the key includes the fr
 is the quality suite's own editor (same data, same key).
 
 Columns as in ``bench.quality``. Writes ``lowdata_<size>.json`` and ``lowdata_<size>_curve.png``.
+
+Seeds run in separate processes (or machines) pool with ``--merge A.json B.json ...``: nothing is
+trained; the runs are joined per (method, fraction) and the table, mean, std and ci95 are those of
+one run over all their seeds (written as ``lowdata_<size>_merged.json``). Files must agree on the
+size, steps and evaluation edits; a seed present in two files is refused.
 """
 
 from __future__ import annotations
@@ -57,6 +62,45 @@ def run_lowdata(model, tok, train, val, evaluation, fractions: list[float], meth
     return results
 
 
+MERGE_KEYS = ("size", "max_steps", "n_eval")  # what must agree for runs to pool
+
+
+def merge_results(payloads: list[dict]) -> dict:
+    """One lowdata payload from several: runs joined per (method, fraction); raises ValueError on
+    runs that cannot pool (other settings, or one seed twice)."""
+    first = payloads[0]
+    for other in payloads[1:]:
+        for key in MERGE_KEYS:
+            if other.get(key) != first.get(key):
+                raise ValueError(f"cannot merge: {key} differs ({first.get(key)!r} vs {other.get(key)!r})")
+    results: dict[str, dict] = {}
+    for payload in payloads:
+        for entry in payload["results"]:
+            key = f"{entry['method']}|{entry['fraction']}"
+            merged = results.setdefault(key, {k: v for k, v in entry.items()
+                                              if k not in ("runs", "mean", "std", "ci95")} | {"runs": []})
+            seen = {r["seed"] for r in merged["runs"]}
+            for run in entry["runs"]:
+                if run["seed"] in seen:
+                    raise ValueError(f"cannot merge: seed {run['seed']} of {entry['method']} at {entry['fraction']} twice")
+                merged["runs"].append(run)
+    seeds = sorted({r["seed"] for e in results.values() for r in e["runs"]})
+    fractions = sorted({e["fraction"] for e in results.values()})
+    return {**{k: first.get(k) for k in MERGE_KEYS}, "seeds": seeds, "fractions": fractions,
+            "merged_from": len(payloads), "results": results}
+
+
+def report(payload: dict, results: dict, name: str) -> None:
+    """Print the table and write the JSON (the runs with their mean/std/ci95) and the curve."""
+    from bench.plots import plot_lowdata
+
+    rows = [[e["method"], f"{100 * e['fraction']:g}%", e["n_train"]] + row
+            for e, row in zip(results.values(), summarise(results, COLUMNS))]
+    print_table(f"low-data meta-training, demo '{payload['size']}', seeds {payload['seeds']}, "
+                f"{payload['max_steps']} steps", ["method", "data", "train edits"] + COLUMNS, rows)
+    write_with_plots(name, {**payload, "results": list(results.values())}, plot_lowdata)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from demo_world.build import DEMO_SIZES, editor_requests
 
@@ -71,7 +115,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen)")
     parser.add_argument("--quick", action="store_true", help="tiny demo, 100 meta-training steps, 48 edits")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="pool earlier runs' lowdata JSON files (other seeds); trains nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        import json
+
+        try:
+            merged = merge_results([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"--merge: {exc}")
+        results = merged.pop("results")
+        report(merged, results, f"lowdata_{merged['size']}_merged")
+        return
     if args.quick:
         args.max_steps, args.n_eval = 100, 48
     resolve_size(args)
@@ -89,16 +145,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                     max_steps=args.max_steps, seed=seed, modules=demo_modules(model, spec),
                     cache=results_dir() / "editors" / args.size, tag=f"{args.size}-{paths.root}",
                     generation=not args.no_generation, results=results)
-    rows = [[e["method"], f"{100 * e['fraction']:g}%", e["n_train"]] + row
-            for e, row in zip(results.values(), summarise(results, COLUMNS))]
-    print_table(f"low-data meta-training, demo '{args.size}', seeds {args.seeds}, {args.max_steps} steps",
-                ["method", "data", "train edits"] + COLUMNS, rows)
-    from bench.plots import plot_lowdata
-
-    write_with_plots(f"lowdata_{args.size}", {
-        "size": args.size, "seeds": args.seeds, "max_steps": args.max_steps, "fractions": args.fractions,
-        "n_eval": args.n_eval, "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
-    }, plot_lowdata)
+    report({"size": args.size, "seeds": args.seeds, "max_steps": args.max_steps, "fractions": args.fractions,
+            "n_eval": args.n_eval, "seconds": round(time.perf_counter() - started, 1)}, results, f"lowdata_{args.size}")
 
 
 if __name__ == "__main__":

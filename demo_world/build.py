@@ -42,6 +42,7 @@ DEMO_VERSION = "1"  # bump when a change in world/pretrain code should invalidat
 @dataclass(frozen=True)
 class DemoSize:
     n_products: int
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / eval / locality products
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     val_fraction: float = 0.1  # share of train entities held out as editor validation edits
     editor_steps: int = 200  # meta-training steps per editor
@@ -80,6 +81,15 @@ DEMO_SIZES: dict[str, DemoSize] = {
                       editor_l2_metric="locality", editor_locality_weight=0.9, editor_key_shrinkage=0.03,
                       editor_preserve=True, editor_live_weight=1.0, editor_live_history=128,
                       editor_protected_shrinkage=0.005, editor_protected_steps=3, editor_protected_train_steps=400),
+    # Benchmark-only (bench.lifelong --size wide, issue 19's larger base): 700 products (5,600
+    # facts), 40 % of them eval entities so the test split holds 1,680 edits and a 1,000-edit
+    # curve fits; twice as wide as "small" (edited MLP outputs read 1,024 inputs); the small
+    # demo's editor recipes unchanged (nothing tuned on this base).
+    "wide": DemoSize(n_products=700, split_fractions=(0.4, 0.4, 0.2), pretrain=PretrainConfig.preset("wide"),
+                     editor_reg=5e-4, editor_l2_metric="locality", editor_locality_weight=0.9,
+                     editor_key_shrinkage=0.03, editor_preserve=True, editor_live_weight=1.0,
+                     editor_live_history=128, editor_protected_shrinkage=0.005, editor_protected_steps=3,
+                     editor_protected_train_steps=400),
 }
 
 
@@ -132,6 +142,8 @@ def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
         "n_products": spec.n_products,
         "pretrain": asdict(spec.pretrain),
         "val_fraction": spec.val_fraction,
+        # only where it differs from the default, so demos built before the field stay valid
+        **({"split_fractions": list(spec.split_fractions)} if spec.split_fractions != (0.6, 0.2, 0.2) else {}),
     }
 
 
@@ -350,7 +362,7 @@ def _build_world_and_model(paths: DemoPaths, key: dict, spec: DemoSize, seed: in
 
     started = time.perf_counter()
     _phase(progress, f"demo {key['size']}: generating the world, then pretraining the base model")
-    world = generate_world(seed=seed, n_products=spec.n_products)
+    world = generate_world(seed=seed, n_products=spec.n_products, split_fractions=spec.split_fractions)
     world.save(paths.world_json)
     _write_canary_file(paths)
     pretrain_cfg = spec.pretrain

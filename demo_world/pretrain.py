@@ -81,6 +81,12 @@ PRESETS: dict[str, PretrainConfig] = {
     "small": PretrainConfig(n_layer=4, n_embd=128, n_head=4, n_positions=64, vocab_size=3000,
                             max_steps=4000, lr=3e-3, batch_size=64, eval_every=250,
                             prompt_loss_weight=0.1, target_accuracy=0.999, max_seconds=3600),
+    # Benchmark-only base (bench.lifelong --size wide): twice as wide, so the edited MLP outputs
+    # read 1,024 inputs; a step costs ~1.25x a "small" one on 2 cores (the 3,000-token head
+    # dominates both).
+    "wide": PretrainConfig(n_layer=4, n_embd=256, n_head=4, n_positions=64, vocab_size=3000,
+                           max_steps=7000, lr=2e-3, batch_size=64, eval_every=500,
+                           prompt_loss_weight=0.1, target_accuracy=0.995, max_seconds=5400),
 }
 
 

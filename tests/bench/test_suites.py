@@ -96,6 +96,32 @@ def test_lowdata_suite_keys_and_cache_per_fraction(fake_demo, results):
     assert (results / "lowdata_tiny_curve.png").stat().st_size > 0
 
 
+def test_lowdata_merge_pools_seeds_of_separate_runs_like_one_run(fake_demo, results, tmp_path):
+    from bench.lowdata import main
+
+    common = ["--size", "tiny", "--fractions", "0.5", "--max-steps", "2", "--no-generation", "--batch-size", "4",
+              "--n-eval", "8", "--methods", "SMEdit S=1 L2"]
+    main(common + ["--seeds", "0", "1"])
+    both = _load(results / "lowdata_tiny.json")
+    (tmp_path / "both.json").write_text(json.dumps(both))
+    for seed in ("0", "1"):
+        main(common + ["--seeds", seed])
+        (tmp_path / f"seed{seed}.json").write_text((results / "lowdata_tiny.json").read_text())
+    main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "seed1.json")])
+    merged = _load(results / "lowdata_tiny_merged.json")
+    assert merged["seeds"] == [0, 1] and merged["merged_from"] == 2
+    [one], [pooled] = both["results"], merged["results"]
+    assert [r["seed"] for r in pooled["runs"]] == [0, 1]
+    for key in ("mean", "std", "ci95"):  # the same statistics as the run that had both seeds
+        assert pooled[key] == pytest.approx(one[key], nan_ok=True)
+    with pytest.raises(SystemExit):  # one seed twice
+        main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "both.json")])
+    other = json.loads((tmp_path / "seed1.json").read_text()) | {"max_steps": 3}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit):  # other settings
+        main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "other.json")])
+
+
 def _counterfact_file(world, path):
     """A CounterFact (EasyEdit) file made of the world's facts: every record has all the fields."""
     records = []
@@ -315,12 +341,18 @@ def lifelong_demo(tiny_setup, tmp_path, monkeypatch):
     (tmp_path / "canaries.txt").write_text("\n".join(p.prompt for p in world.canary_prompts(4)))
     (tmp_path / "stamp.json").write_text("{}")
     paths = SimpleNamespace(root=tmp_path, model_dir=tmp_path / "model", editor_dir=tmp_path / "editor",
-                            canary_file=tmp_path / "canaries.txt", stamp_json=tmp_path / "stamp.json")
+                            canary_file=tmp_path / "canaries.txt", stamp_json=tmp_path / "stamp.json",
+                            stats=lambda: {"world": world.summary(), "knowledge": {"seen": 0.5}})
     monkeypatch.setattr(bench.lifelong, "demo_world_model", lambda *a, **k: (paths, model, tok, world))
     return bench.lifelong
 
 
-def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_demo, results, tmp_path):
+def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_demo, tiny_setup, results, tmp_path):
+    from bench.quality import demo_modules
+    from demo_world.build import DEMO_SIZES
+    from editor_core.arch import last_layer_modules
+
+    model, _, world = tiny_setup
 
     out = tmp_path / "rows.json"
     lifelong_demo.main(["--size", "tiny", "--edits", "3", "--max-steps", "2", "--json", str(out),
@@ -344,6 +376,16 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_d
         assert "drift" in r
         assert r["latency_p50_s"] > 0
     assert (results / "lifelong_tiny_test_curve.png").stat().st_size > 0
+    payload = json.loads((results / "lifelong_tiny_test.json").read_text())
+    held = {c["arm"]: c for c in payload["capacity"]}
+    assert set(held) == {r["arm"] for r in rows}
+    [demo_module] = last_layer_modules(model, 1)  # what the fixture's demo editor edits
+    assert held["demo"]["modules"] == 1
+    assert held["demo"]["edited_parameters"] == model.get_submodule(demo_module).weight.numel()
+    assert held["stacking"]["modules"] == len(demo_modules(model, DEMO_SIZES["tiny"], None)) > 1  # trained: the spec's
+    for c in held.values():
+        assert c["known_facts"] == world.summary()["facts"] * 0.5
+        assert (c["failed_at"] is None) != (c["held"] == 0)  # one checkpoint: held there, or failed there
     editors = [json.loads(p.read_text()) for p in (results / "lifelong_editors" / "tiny").glob("*/editor.json")]
     assert len(editors) == 3  # stacking, and the two derived from it
     protected = [e["config"] for e in editors if e["config"]["key_source"] == "corpus"]

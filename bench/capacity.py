@@ -1,0 +1,68 @@
+"""How many edits a model holds: the capacity curve read against the issue's bars.
+
+A lifelong run (``bench.lifelong``) gives, per arm, the scores at each checkpoint of live edits.
+This module turns them into one number per arm that travels to other models: the most live edits
+at which the arm still met every bar (``held``), and the first checkpoint where it did not
+(``failed_at``; the true capacity lies between the two), divided by what the editor may change
+(edited parameters, and the inputs its keys live in) and by what the model knows (its known facts).
+A real LM's edited layers read 11,008-16,384 inputs each, over many layers, so the per-input and
+per-fact ratios are what say something about it; the raw counts only describe this base.
+"""
+
+from __future__ import annotations
+
+# The capacity issue's bars, on all live edits (ES, GS anchor) and on untouched facts (LS).
+BARS: dict[str, float] = {"es": 0.93, "gs_anchor": 0.90, "ls_other": 0.97, "ls_same": 0.95}
+
+
+def meets_bars(scores: dict, bars: dict[str, float] = BARS) -> bool:
+    """Every bar met (a missing score counts as not met: nothing was measured)."""
+    return all(scores.get(metric) is not None and scores[metric] >= bar for metric, bar in bars.items())
+
+
+def edited_size(model, module_names: list[str]) -> dict:
+    """What the editor may change: the edited weights' parameters and their inputs (key width).
+
+    GPT-2's ``Conv1D`` stores its weight as (inputs, outputs), ``nn.Linear`` as (outputs, inputs).
+    """
+    params = inputs = 0
+    for name in module_names:
+        module = model.get_submodule(name)
+        weight = module.weight
+        params += weight.numel()
+        inputs += weight.shape[0] if type(module).__name__ == "Conv1D" else weight.shape[1]
+    return {"modules": len(module_names), "edited_parameters": params, "edited_inputs": inputs}
+
+
+def capacity(summary: list[dict], sizes: dict[str, dict], known_facts: float,
+             bars: dict[str, float] = BARS) -> list[dict]:
+    """Per arm: the most live edits held at the bars (mean over seeds, every earlier checkpoint
+    held too), where it first failed, and those counts per edited parameter, input and known fact.
+
+    ``summary`` is bench.lifelong's (``arm``, ``live_edits``, ``mean``) entries; ``sizes`` maps
+    each arm to :func:`edited_size`'s dict; ``known_facts`` the facts the base model answers.
+    """
+    by_arm: dict[str, list[dict]] = {}
+    for entry in summary:
+        by_arm.setdefault(entry["arm"], []).append(entry)
+    out = []
+    for arm, entries in by_arm.items():
+        size = sizes[arm]
+        held, failed_at = 0.0, None
+        for entry in sorted(entries, key=lambda e: e["live_edits"]):
+            if not meets_bars(entry["mean"], bars):
+                failed_at = entry["live_edits"]
+                break
+            held = entry["live_edits"]
+        out.append({
+            "arm": arm, "held": held, "failed_at": failed_at, **size, "known_facts": known_facts,
+            "held_per_million_parameters": held / size["edited_parameters"] * 1e6 if size["edited_parameters"] else None,
+            "held_per_thousand_inputs": held / size["edited_inputs"] * 1e3 if size["edited_inputs"] else None,
+            "held_share_of_known_facts": held / known_facts if known_facts else None,
+        })
+    return out
+
+
+def known_facts(stats: dict) -> float:
+    """Facts the demo's base model answers: the world's facts times its accuracy on them."""
+    return round(stats["world"]["facts"] * stats["knowledge"]["seen"], 1)
