@@ -17,6 +17,7 @@ equation is ``C + (μ / e^λ) K_liveᵀ K_live`` (:meth:`KeyMoment.precision` di
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -50,8 +51,12 @@ class KeyMoment(nn.Module):
         if not 0.0 < shrinkage <= 1.0:
             raise ValueError(f"key_shrinkage must be in (0, 1], got {shrinkage}")
         self.size = size
-        self.mode = "diag" if mode == "full" and size > FULL_MAX_WIDTH else mode
-        mode = self.mode
+        if mode == "full" and size > FULL_MAX_WIDTH:
+            warnings.warn(f"precondition 'full' keeps only the diagonal of a {size}-input module's key moment "
+                          f"(a full one is {size * size * 8 / 2**30:.1f} GB; above {FULL_MAX_WIDTH} inputs)",
+                          stacklevel=2)
+            mode = "diag"
+        self.mode = mode
         self.shrinkage = shrinkage
         shape = (size, size) if mode == "full" else (size,) if mode == "diag" else (0,)
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))

@@ -54,7 +54,8 @@ def test_inputs_wider_than_the_full_limit_keep_the_diagonal_and_the_inverse_is_k
     from editor_core.key_moment import FULL_MAX_WIDTH
 
     assert KeyMoment(FULL_MAX_WIDTH, "full").mode == "full"
-    wide = KeyMoment(FULL_MAX_WIDTH + 1, "full")
+    with pytest.warns(UserWarning, match="keeps only the diagonal"):  # said, not silent
+        wide = KeyMoment(FULL_MAX_WIDTH + 1, "full")
     assert wide.mode == "diag" and wide.moment.shape == (FULL_MAX_WIDTH + 1,)
     moment = KeyMoment(4, "full")
     moment.update(torch.randn(8, 4, dtype=torch.float64))
