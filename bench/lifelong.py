@@ -37,7 +37,10 @@ canaries changed against the base, as the gate measures it). Example: ``"demo ga
 
 Writes ``--json`` (default ``bench/results/lifelong_<size>_<split>.json``): ``rows``, one per
 (arm, seed, checkpoint) with ``arm, seed, live_edits, es, gs_anchor, gs_unseen, ls_other, ls_same,
-latency_p50_s, latency_p99_s``, and ``summary`` (mean/std over seeds); plus ``..._curve.png``.
+latency_p50_s, latency_p99_s``, and ``summary`` (mean/std over seeds), ``capacity`` (bench.capacity:
+the most live edits held at the issue's bars, per edited parameter, input and known fact); plus
+``..._curve.png``. Seeds run separately pool with ``--merge A.json B.json`` (those result files, not
+the ``--json`` rows): ``lifelong_<size>_<split>_merged.json``, as if one run had had all the seeds.
 """
 
 from __future__ import annotations
@@ -413,8 +416,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--json", type=Path, default=None, help="where to write the rows (default under bench/results)")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=None,
+                        help=f"live-edit counts to score at (default {' '.join(map(str, CHECKPOINTS))}; --edits is always one)")
     parser.add_argument("--quick", action="store_true", help="tiny demo, 32 edits, checkpoints 8/16/32")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="pool earlier runs' result files (bench/results/lifelong_*.json, other seeds); runs nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        try:
+            payload, rows = merge([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"--merge: {exc}")
+        report(payload, rows, f"lifelong_{payload['size']}_{payload['split']}_merged")
+        return
     if args.burst < 1 or args.edits < 1:
         parser.error("--edits and --burst must be >= 1")
     arms = []
@@ -426,7 +440,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.quick:
         args.edits = min(args.edits, 32)
     resolve_size(args)
-    checkpoints = [c for c in (QUICK_CHECKPOINTS if args.quick else CHECKPOINTS) if c < args.edits] + [args.edits]
+    if args.checkpoints and min(args.checkpoints) < 1:
+        parser.error("--checkpoints must be >= 1")
+    chosen = args.checkpoints or (QUICK_CHECKPOINTS if args.quick else CHECKPOINTS)
+    checkpoints = sorted({c for c in chosen if c < args.edits}) + [args.edits]
 
     paths, model, tok, world = demo_world_model(args.data_dir, args.size, train_editor=True, comparison=False)
     spec = DEMO_SIZES[args.size]
@@ -441,28 +458,68 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             sizes[arm["name"]] = edited_size(model, modules_of(editor_dir))
             rows += run_arm(arm, editor_dir, paths, requests, checkpoints, args.burst, args.gate, seed,
                             args.production, args.redis_url, args.pg_url)
+    payload = {"size": args.size, "split": args.split, "production": args.production, "seeds": args.seeds,
+               "burst": args.burst, "gate": args.gate, "edits": args.edits, "checkpoints": checkpoints,
+               "arms": [a["name"] for a in arms], "seconds": round(time.perf_counter() - started, 1),
+               "sizes": sizes, "known_facts": known_facts(paths.stats())}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))  # the rows alone: one per arm, seed, checkpoint
+        print(f"wrote {args.json}")
+    report(payload, rows, f"lifelong_{args.size}_{args.split}")
+
+
+def report(payload: dict, rows: list[dict], name: str) -> dict:
+    """Print the curve and the capacity at the bars; write the payload (rows, summary, capacity)."""
     summary = summarise(rows)
-    print_table(f"lifelong editing, demo '{args.size}', {args.split} split, seeds {args.seeds}, burst {args.burst}",
-                ["arm", "live edits"] + METRICS + ["p50 s", "p99 s"],
+    print_table(f"lifelong editing, demo '{payload['size']}', {payload['split']} split, seeds {payload['seeds']}, "
+                f"burst {payload['burst']}", ["arm", "live edits"] + METRICS + ["p50 s", "p99 s"],
                 [[e["arm"], e["live_edits"]] + [e["mean"][m] if e["mean"][m] is not None else "-"
                                                  for m in METRICS + ["latency_p50_s", "latency_p99_s"]] for e in summary])
-    held = capacity(summary, sizes, known_facts(paths.stats()))
+    held = capacity(summary, payload["sizes"], payload["known_facts"])
     print_table(f"capacity at the bars {BARS} (mean over seeds; 'failed at' = first checkpoint below a bar)",
                 ["arm", "held", "failed at", "edited params", "edited inputs", "known facts",
                  "held / 1M params", "held / 1k inputs", "held / known facts"],
                 [[c["arm"], c["held"], c["failed_at"] or "-", c["edited_parameters"], c["edited_inputs"],
                   c["known_facts"], c["held_per_million_parameters"], c["held_per_thousand_inputs"],
                   c["held_share_of_known_facts"]] for c in held])
-    payload = {"size": args.size, "split": args.split, "production": args.production, "seeds": args.seeds, "burst": args.burst, "gate": args.gate,
-               "edits": args.edits, "checkpoints": checkpoints, "arms": [a["name"] for a in arms],
-               "seconds": round(time.perf_counter() - started, 1), "rows": rows, "summary": summary,
-               "capacity": held}
-    name = f"lifelong_{args.size}_{args.split}"
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))  # the rows alone: one per arm, seed, checkpoint
-        print(f"wrote {args.json}")
+    payload = {**payload, "rows": rows, "summary": summary, "capacity": held}
     write_with_plots(name, payload, plot_lifelong)
+    return payload
+
+
+MERGE_KEYS = ("size", "split", "edits", "checkpoints", "burst", "gate", "production")  # what must agree
+
+
+def merge(payloads: list[dict]) -> tuple[dict, list[dict]]:
+    """Runs of other seeds (separate processes) as one: the payload's settings and all rows;
+    raises ValueError on runs that cannot pool (other settings, an arm's seed twice, other sizes)."""
+    first = payloads[0]
+    rows: list[dict] = []
+    sizes: dict[str, dict] = {}
+    seen: set[tuple] = set()
+    for payload in payloads:
+        for key in MERGE_KEYS:
+            if payload.get(key) != first.get(key):
+                raise ValueError(f"{key} differs ({first.get(key)!r} vs {payload.get(key)!r})")
+        known = payload.get("known_facts") or payload["capacity"][0]["known_facts"]
+        # result files from before "sizes" was written carry the same numbers in "capacity"
+        arm_sizes = payload.get("sizes") or {c["arm"]: {k: c[k] for k in ("modules", "edited_parameters", "edited_inputs")}
+                                             for c in payload["capacity"]}
+        if known != (first.get("known_facts") or first["capacity"][0]["known_facts"]):
+            raise ValueError("the runs' base models know other facts (another demo build)")
+        for arm, size in arm_sizes.items():
+            if sizes.setdefault(arm, size) != size:
+                raise ValueError(f"arm {arm!r} edits other modules in two runs")
+        runs = {(r["arm"], r["seed"]) for r in payload["rows"]}
+        if runs & seen:
+            raise ValueError(f"arm and seed in two runs: {sorted(runs & seen)}")
+        seen |= runs
+        rows += payload["rows"]
+    seeds = sorted({r["seed"] for r in rows})
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    return ({**{k: first.get(k) for k in MERGE_KEYS}, "seeds": seeds, "arms": arms, "sizes": sizes,
+             "known_facts": known, "merged_from": len(payloads)}, rows)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,38 @@ def test_edited_size_reads_inputs_from_either_weight_layout() -> None:
 
 def test_known_facts_are_the_facts_the_base_answers() -> None:
     assert known_facts({"world": {"facts": 2400}, "knowledge": {"seen": 0.999}}) == pytest.approx(2397.6)
+
+
+def _payload(seed: int, ls_other: float, **overrides) -> dict:
+    """A bench.lifelong result file of one seed, one arm, two checkpoints."""
+    size = {"modules": 2, "edited_parameters": 1000, "edited_inputs": 64}
+    rows = [{"arm": "demo", "seed": seed, "submitted": n, "live_edits": n, "es": 0.95, "gs_anchor": 0.95,
+             "gs_unseen": 0.3, "ls_other": ls_other if n == 20 else 0.99, "ls_same": 0.99, "spec_other": 0.99,
+             "spec_same": 0.99, "latency_p50_s": 0.1, "latency_p99_s": 0.2} for n in (10, 20)]
+    return {"size": "tiny", "split": "test", "edits": 20, "checkpoints": [10, 20], "burst": 1, "gate": False,
+            "production": False, "seeds": [seed], "sizes": {"demo": size}, "known_facts": 300.0, "rows": rows,
+            **overrides}
+
+
+def test_lifelong_merge_pools_seeds_and_refuses_what_cannot_pool(tmp_path, monkeypatch) -> None:
+    import json
+
+    import bench.common
+    import bench.lifelong
+
+    monkeypatch.setattr(bench.common, "results_dir", lambda: tmp_path)
+    files = []
+    for seed, ls in ((0, 0.99), (1, 0.93)):  # seed 1 misses the LS bar at 20: so does the mean
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps(_payload(seed, ls)))
+    bench.lifelong.main(["--merge", *map(str, files)])
+    merged = json.loads((tmp_path / "lifelong_tiny_test_merged.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["merged_from"] == 2 and len(merged["rows"]) == 4
+    at20 = next(e for e in merged["summary"] if e["live_edits"] == 20)
+    assert at20["n_seeds"] == 2 and at20["mean"]["ls_other"] == pytest.approx(0.96)
+    [held] = merged["capacity"]
+    assert (held["held"], held["failed_at"], held["edited_parameters"]) == (10, 20, 1000)
+    for bad in (_payload(0, 0.99), _payload(2, 0.99, checkpoints=[5, 20]), _payload(2, 0.99, known_facts=1.0)):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))  # seed 0 twice / other checkpoints / other base
+        with pytest.raises(SystemExit):
+            bench.lifelong.main(["--merge", str(files[0]), str(tmp_path / "bad.json")])

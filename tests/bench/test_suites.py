@@ -394,14 +394,18 @@ def test_lifelong_suite_drives_the_service_and_scores_every_live_edit(lifelong_d
         lifelong_demo.main(["--arms", "corpus live=lots"])
     with pytest.raises(SystemExit):
         lifelong_demo.main(["--arms", "demo gate corpus"])  # the demo editor takes no editor options
+    with pytest.raises(SystemExit):
+        lifelong_demo.main(["--arms", "demo", "--checkpoints", "0"])
 
 
 def test_lifelong_suite_in_production_mode_scores_a_replica_of_a_worker_process(lifelong_demo, results, tmp_path):
     """Redis + PostgreSQL: the worker is another process; the rows come from a replica's weights."""
 
     out = tmp_path / "rows.json"
-    lifelong_demo.main(["--size", "tiny", "--edits", "3", "--production", "--json", str(out), "--arms", "demo"])
-    [row] = _load(out)
+    lifelong_demo.main(["--size", "tiny", "--edits", "3", "--production", "--json", str(out), "--arms", "demo",
+                        "--checkpoints", "7", "2"])  # past --edits: dropped; --edits itself always scored
+    first, row = _load(out)
+    assert first["live_edits"] == 2 and first["statuses"] == {"applied": 2}
     assert row["mode"] == "production" and row["statuses"] == {"applied": 3} and row["live_edits"] == 3
     assert row["es"] is not None and row["ls_other"] is not None
 
