@@ -2,9 +2,10 @@
 
 A lifelong run (``bench.lifelong``) gives, per arm, the scores at each checkpoint of live edits.
 This module turns them into one number per arm that travels to other models: the most live edits
-at which the arm still met every bar (``held``), and the first checkpoint where it did not
+at which the arm still met every bar (``held``), and the next checkpoint, where it did not
 (``failed_at``; the true capacity lies between the two), divided by what the editor may change
 (edited parameters, and the inputs its keys live in) and by what the model knows (its known facts).
+An earlier checkpoint that missed a bar (the noise of a few edits) is listed, not taken as the end.
 A real LM's edited layers read 11,008-16,384 inputs each, over many layers, so the per-input and
 per-fact ratios are what say something about it; the raw counts only describe this base.
 """
@@ -36,8 +37,12 @@ def edited_size(model, module_names: list[str]) -> dict:
 
 def capacity(summary: list[dict], sizes: dict[str, dict], known_facts: float,
              bars: dict[str, float] = BARS) -> list[dict]:
-    """Per arm: the most live edits held at the bars (mean over seeds, every earlier checkpoint
-    held too), where it first failed, and those counts per edited parameter, input and known fact.
+    """Per arm: the most live edits held at the bars (mean over seeds), the next checkpoint (where
+    it failed), and those counts per edited parameter, input and known fact.
+
+    Side effects only grow with live edits, so an earlier checkpoint below a bar is the noise of
+    few edits (GS anchor over the anchor paraphrases of 10 edits); such checkpoints are listed in
+    ``missed_before``, not taken as the capacity.
 
     ``summary`` is bench.lifelong's (``arm``, ``live_edits``, ``mean``) entries; ``sizes`` maps
     each arm to :func:`edited_size`'s dict; ``known_facts`` the facts the base model answers.
@@ -48,14 +53,16 @@ def capacity(summary: list[dict], sizes: dict[str, dict], known_facts: float,
     out = []
     for arm, entries in by_arm.items():
         size = sizes[arm]
-        held, failed_at = 0.0, None
-        for entry in sorted(entries, key=lambda e: e["live_edits"]):
-            if not meets_bars(entry["mean"], bars):
-                failed_at = entry["live_edits"]
-                break
-            held = entry["live_edits"]
+        entries = sorted(entries, key=lambda e: e["live_edits"])
+        met = [meets_bars(e["mean"], bars) for e in entries]
+        last = max((i for i, ok in enumerate(met) if ok), default=None)
+        held = entries[last]["live_edits"] if last is not None else 0.0
+        failed_at = entries[last + 1]["live_edits"] if last is not None and last + 1 < len(entries) else \
+            (entries[0]["live_edits"] if last is None and entries else None)
+        missed = [e["live_edits"] for e, ok in zip(entries[: last or 0], met) if not ok]
         out.append({
-            "arm": arm, "held": held, "failed_at": failed_at, **size, "known_facts": known_facts,
+            "arm": arm, "held": held, "failed_at": failed_at, "missed_before": missed, **size,
+            "known_facts": known_facts,
             "held_per_million_parameters": held / size["edited_parameters"] * 1e6 if size["edited_parameters"] else None,
             "held_per_thousand_inputs": held / size["edited_inputs"] * 1e3 if size["edited_inputs"] else None,
             "held_share_of_known_facts": held / known_facts if known_facts else None,

@@ -477,10 +477,12 @@ def report(payload: dict, rows: list[dict], name: str) -> dict:
                 [[e["arm"], e["live_edits"]] + [e["mean"][m] if e["mean"][m] is not None else "-"
                                                  for m in METRICS + ["latency_p50_s", "latency_p99_s"]] for e in summary])
     held = capacity(summary, payload["sizes"], payload["known_facts"])
-    print_table(f"capacity at the bars {BARS} (mean over seeds; 'failed at' = first checkpoint below a bar)",
-                ["arm", "held", "failed at", "edited params", "edited inputs", "known facts",
+    print_table(f"capacity at the bars {BARS} (mean over seeds; held = last checkpoint meeting all, "
+                "failed at = the next; missed before = earlier checkpoints below a bar)",
+                ["arm", "held", "failed at", "missed before", "edited params", "edited inputs", "known facts",
                  "held / 1M params", "held / 1k inputs", "held / known facts"],
-                [[c["arm"], c["held"], c["failed_at"] or "-", c["edited_parameters"], c["edited_inputs"],
+                [[c["arm"], c["held"], c["failed_at"] or "-", " ".join(map(str, c["missed_before"])) or "-",
+                  c["edited_parameters"], c["edited_inputs"],
                   c["known_facts"], c["held_per_million_parameters"], c["held_per_thousand_inputs"],
                   c["held_share_of_known_facts"]] for c in held])
     payload = {**payload, "rows": rows, "summary": summary, "capacity": held}

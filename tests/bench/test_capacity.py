@@ -22,15 +22,16 @@ def test_every_bar_must_be_met_and_a_missing_score_is_not_met() -> None:
     assert meets_bars({**GOOD, "es": BARS["es"]})  # the bar itself counts as met
 
 
-def test_held_is_the_last_checkpoint_before_the_first_failure() -> None:
+def test_held_is_the_last_checkpoint_that_met_every_bar() -> None:
     summary = [entry("a", 100, ls_other=0.90), entry("a", 25), entry("a", 50),  # out of order
-               entry("a", 200),  # met again after a failure: does not count
-               entry("b", 25, es=0.5), entry("b", 50),
+               entry("a", 10, gs_anchor=0.75),  # a noisy first checkpoint: listed, not the end
+               entry("a", 200, ls_same=0.5),
+               entry("b", 25, es=0.5), entry("b", 50, es=0.5),
                entry("c", 25), entry("c", 50)]
     size = {"modules": 2, "edited_parameters": 2_000_000, "edited_inputs": 1024}
     rows = {r["arm"]: r for r in capacity(summary, {"a": size, "b": size, "c": size}, known_facts=500.0)}
-    assert (rows["a"]["held"], rows["a"]["failed_at"]) == (50, 100)
-    assert (rows["b"]["held"], rows["b"]["failed_at"]) == (0, 25)
+    assert (rows["a"]["held"], rows["a"]["failed_at"], rows["a"]["missed_before"]) == (50, 100, [10])
+    assert (rows["b"]["held"], rows["b"]["failed_at"], rows["b"]["missed_before"]) == (0, 25, [])
     assert (rows["c"]["held"], rows["c"]["failed_at"]) == (50, None)  # never failed: a lower bound
     assert rows["a"]["held_per_million_parameters"] == pytest.approx(25.0)
     assert rows["a"]["held_per_thousand_inputs"] == pytest.approx(50 / 1.024)
