@@ -22,16 +22,14 @@ def meets_bars(scores: dict, bars: dict[str, float] = BARS) -> bool:
 
 
 def edited_size(model, module_names: list[str]) -> dict:
-    """What the editor may change: the edited weights' parameters and their inputs (key width).
+    """What the editor may change: the edited weights' parameters and their inputs (key width)."""
+    from editor_core.arch import weight_shape
 
-    GPT-2's ``Conv1D`` stores its weight as (inputs, outputs), ``nn.Linear`` as (outputs, inputs).
-    """
     params = inputs = 0
     for name in module_names:
-        module = model.get_submodule(name)
-        weight = module.weight
-        params += weight.numel()
-        inputs += weight.shape[0] if type(module).__name__ == "Conv1D" else weight.shape[1]
+        d_in, d_out = weight_shape(model.get_submodule(name))
+        params += d_in * d_out
+        inputs += d_in
     return {"modules": len(module_names), "edited_parameters": params, "edited_inputs": inputs}
 
 

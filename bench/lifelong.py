@@ -1,7 +1,9 @@
 """Lifelong editing through the real service: the capacity curve.
 
-    python -m bench.lifelong [--size small|tiny] [--edits 200] [--burst 1] [--seeds 0 1 2]
-        [--split dev|test] [--arms stacking corpus "corpus live=1"] [--json FILE] [--quick]
+    python -m bench.lifelong [--size small|tiny|wide] [--edits 200] [--burst 1] [--seeds 0 1 2]
+        [--split dev|test] [--arms stacking corpus "corpus live=1"] [--checkpoints 25 50 ...]
+        [--json FILE] [--quick]
+    python -m bench.lifelong --merge RESULT.json RESULT.json ...
 
 The embedded service (uvicorn in a thread, SQLite, in-process queue: the worker's own code path;
 ``--production``: a worker process on Redis + PostgreSQL and an API replica in this process) receives ``--edits`` demo-world edits, one POST per fact, ``--burst`` at a time (1: each waits
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.merge:
         try:
             payload, rows = merge([json.loads(path.read_text()) for path in args.merge])
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, IndexError) as exc:
             parser.error(f"--merge: {exc}")
         report(payload, rows, f"lifelong_{payload['size']}_{payload['split']}_merged")
         return
@@ -461,7 +463,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     payload = {"size": args.size, "split": args.split, "production": args.production, "seeds": args.seeds,
                "burst": args.burst, "gate": args.gate, "edits": args.edits, "checkpoints": checkpoints,
                "arms": [a["name"] for a in arms], "seconds": round(time.perf_counter() - started, 1),
-               "sizes": sizes, "known_facts": known_facts(paths.stats())}
+               "sizes": sizes, "known_facts": known_facts(paths.stats()), "max_steps": args.max_steps,
+               "demo": json.loads(paths.stamp_json.read_text()).get("key")}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))  # the rows alone: one per arm, seed, checkpoint
@@ -490,7 +493,10 @@ def report(payload: dict, rows: list[dict], name: str) -> dict:
     return payload
 
 
-MERGE_KEYS = ("size", "split", "edits", "checkpoints", "burst", "gate", "production")  # what must agree
+# what must agree for runs to pool; a file from before "max_steps" / "demo" were written is not
+# checked on them (absent is unknown, not a conflict)
+MERGE_KEYS = ("size", "split", "edits", "checkpoints", "burst", "gate", "production", "max_steps", "demo")
+LATER_KEYS = ("max_steps", "demo")
 
 
 def merge(payloads: list[dict]) -> tuple[dict, list[dict]]:
@@ -501,7 +507,12 @@ def merge(payloads: list[dict]) -> tuple[dict, list[dict]]:
     sizes: dict[str, dict] = {}
     seen: set[tuple] = set()
     for payload in payloads:
+        if not isinstance(payload, dict) or "rows" not in payload:
+            raise ValueError("not a bench.lifelong result file (the --json rows file cannot pool: "
+                             "pass bench/results/lifelong_<size>_<split>.json)")
         for key in MERGE_KEYS:
+            if key in LATER_KEYS and (key not in payload or key not in first):
+                continue
             if payload.get(key) != first.get(key):
                 raise ValueError(f"{key} differs ({first.get(key)!r} vs {payload.get(key)!r})")
         known = payload.get("known_facts") or payload["capacity"][0]["known_facts"]

@@ -62,12 +62,15 @@ def run_lowdata(model, tok, train, val, evaluation, fractions: list[float], meth
     return results
 
 
-MERGE_KEYS = ("size", "max_steps", "n_eval")  # what must agree for runs to pool
+MERGE_KEYS = ("size", "max_steps", "n_eval", "generation")  # what must agree for runs to pool
+ENTRY_KEYS = ("n_train", "train_batch", "batch")  # and per (method, fraction)
 
 
 def merge_results(payloads: list[dict]) -> dict:
     """One lowdata payload from several: runs joined per (method, fraction); raises ValueError on
     runs that cannot pool (other settings, or one seed twice)."""
+    if not all(isinstance(p, dict) and "results" in p for p in payloads):
+        raise ValueError("not a bench.lowdata result file (bench/results/lowdata_<size>.json)")
     first = payloads[0]
     for other in payloads[1:]:
         for key in MERGE_KEYS:
@@ -79,6 +82,9 @@ def merge_results(payloads: list[dict]) -> dict:
             key = f"{entry['method']}|{entry['fraction']}"
             merged = results.setdefault(key, {k: v for k, v in entry.items()
                                               if k not in ("runs", "mean", "std", "ci95")} | {"runs": []})
+            for k in ENTRY_KEYS:
+                if merged.get(k) != entry.get(k):
+                    raise ValueError(f"cannot merge: {k} of {entry['method']} at {entry['fraction']} differs")
             seen = {r["seed"] for r in merged["runs"]}
             for run in entry["runs"]:
                 if run["seed"] in seen:
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                     cache=results_dir() / "editors" / args.size, tag=f"{args.size}-{paths.root}",
                     generation=not args.no_generation, results=results)
     report({"size": args.size, "seeds": args.seeds, "max_steps": args.max_steps, "fractions": args.fractions,
-            "n_eval": args.n_eval, "seconds": round(time.perf_counter() - started, 1)}, results, f"lowdata_{args.size}")
+            "n_eval": args.n_eval, "generation": not args.no_generation,
+            "seconds": round(time.perf_counter() - started, 1)}, results, f"lowdata_{args.size}")
 
 
 if __name__ == "__main__":

@@ -37,12 +37,13 @@ from editor_core.hypernet import TRAINING_VERSION
 from editor_core.types import EditRequest
 
 DEMO_VERSION = "1"  # bump when a change in world/pretrain code should invalidate built demos
+DEFAULT_SPLIT = (0.6, 0.2, 0.2)  # generate_world's train / eval / locality shares of the products
 
 
 @dataclass(frozen=True)
 class DemoSize:
     n_products: int
-    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / eval / locality products
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT  # train / eval / locality products
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     val_fraction: float = 0.1  # share of train entities held out as editor validation edits
     editor_steps: int = 200  # meta-training steps per editor
@@ -143,7 +144,7 @@ def _stamp_key(size: str, seed: int, spec: DemoSize) -> dict:
         "pretrain": asdict(spec.pretrain),
         "val_fraction": spec.val_fraction,
         # only where it differs from the default, so demos built before the field stay valid
-        **({"split_fractions": list(spec.split_fractions)} if spec.split_fractions != (0.6, 0.2, 0.2) else {}),
+        **({"split_fractions": list(spec.split_fractions)} if tuple(spec.split_fractions) != DEFAULT_SPLIT else {}),
     }
 
 

@@ -53,7 +53,7 @@ class KeyMoment(nn.Module):
         self.size = size
         if mode == "full" and size > FULL_MAX_WIDTH:
             warnings.warn(f"precondition 'full' keeps only the diagonal of a {size}-input module's key moment "
-                          f"(a full one is {size * size * 8 / 2**30:.1f} GB; above {FULL_MAX_WIDTH} inputs)",
+                          f"(a full one is {size * size * 8 / 2**30:.1f} GiB; above {FULL_MAX_WIDTH} inputs)",
                           stacklevel=2)
             mode = "diag"
         self.mode = mode

@@ -61,10 +61,11 @@ def _payload(seed: int, ls_other: float, **overrides) -> dict:
              "spec_same": 0.99, "latency_p50_s": 0.1, "latency_p99_s": 0.2} for n in (10, 20)]
     return {"size": "tiny", "split": "test", "edits": 20, "checkpoints": [10, 20], "burst": 1, "gate": False,
             "production": False, "seeds": [seed], "sizes": {"demo": size}, "known_facts": 300.0, "rows": rows,
+            "max_steps": None, "demo": {"size": "tiny", "seed": 0},
             **overrides}
 
 
-def test_lifelong_merge_pools_seeds_and_refuses_what_cannot_pool(tmp_path, monkeypatch) -> None:
+def test_lifelong_merge_pools_seeds_and_refuses_what_cannot_pool(tmp_path, monkeypatch, capsys) -> None:
     import json
 
     import bench.common
@@ -82,7 +83,18 @@ def test_lifelong_merge_pools_seeds_and_refuses_what_cannot_pool(tmp_path, monke
     assert at20["n_seeds"] == 2 and at20["mean"]["ls_other"] == pytest.approx(0.96)
     [held] = merged["capacity"]
     assert (held["held"], held["failed_at"], held["edited_parameters"]) == (10, 20, 1000)
-    for bad in (_payload(0, 0.99), _payload(2, 0.99, checkpoints=[5, 20]), _payload(2, 0.99, known_facts=1.0)):
-        (tmp_path / "bad.json").write_text(json.dumps(bad))  # seed 0 twice / other checkpoints / other base
+    old = _payload(2, 0.99)  # a file from before "sizes": the same numbers come from its capacity
+    old["capacity"] = [{"arm": "demo", **old.pop("sizes")["demo"], "known_facts": old.pop("known_facts")}]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    bench.lifelong.main(["--merge", str(files[0]), str(tmp_path / "old.json")])
+    assert json.loads((tmp_path / "lifelong_tiny_test_merged.json").read_text())["seeds"] == [0, 2]
+    other_modules = _payload(2, 0.99)
+    other_modules["sizes"]["demo"] = {**other_modules["sizes"]["demo"], "edited_parameters": 5}
+    cases = [(_payload(0, 0.99), "seed"), (_payload(2, 0.99, checkpoints=[5, 20]), "checkpoints differs"),
+             (_payload(2, 0.99, known_facts=1.0), "other facts"), (_payload(2, 0.99, max_steps=3), "max_steps differs"),
+             (other_modules, "other modules"), (_payload(2, 0.99)["rows"], "not a bench.lifelong result file")]
+    for bad, reason in cases:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(SystemExit):
             bench.lifelong.main(["--merge", str(files[0]), str(tmp_path / "bad.json")])
+        assert reason in capsys.readouterr().err

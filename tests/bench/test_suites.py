@@ -96,7 +96,7 @@ def test_lowdata_suite_keys_and_cache_per_fraction(fake_demo, results):
     assert (results / "lowdata_tiny_curve.png").stat().st_size > 0
 
 
-def test_lowdata_merge_pools_seeds_of_separate_runs_like_one_run(fake_demo, results, tmp_path):
+def test_lowdata_merge_pools_seeds_of_separate_runs_like_one_run(fake_demo, results, tmp_path, capsys):
     from bench.lowdata import main
 
     common = ["--size", "tiny", "--fractions", "0.5", "--max-steps", "2", "--no-generation", "--batch-size", "4",
@@ -114,12 +114,17 @@ def test_lowdata_merge_pools_seeds_of_separate_runs_like_one_run(fake_demo, resu
     assert [r["seed"] for r in pooled["runs"]] == [0, 1]
     for key in ("mean", "std", "ci95"):  # the same statistics as the run that had both seeds
         assert pooled[key] == pytest.approx(one[key], nan_ok=True)
-    with pytest.raises(SystemExit):  # one seed twice
-        main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "both.json")])
-    other = json.loads((tmp_path / "seed1.json").read_text()) | {"max_steps": 3}
-    (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit):  # other settings
-        main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "other.json")])
+    seed1 = json.loads((tmp_path / "seed1.json").read_text())
+    batch = json.loads(json.dumps(seed1))
+    batch["results"][0]["batch"] += 1
+    cases = [(both, "seed 0"), (seed1 | {"max_steps": 3}, "max_steps differs"),
+             (seed1 | {"generation": True}, "generation differs"), (batch, "batch of"),
+             (seed1["results"], "not a bench.lowdata result file")]
+    for bad, reason in cases:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(SystemExit):
+            main(["--merge", str(tmp_path / "seed0.json"), str(tmp_path / "bad.json")])
+        assert reason in capsys.readouterr().err
 
 
 def _counterfact_file(world, path):
