@@ -22,7 +22,8 @@ seed, nothing protected: each edit solved without regard to the live ones, the r
 pretraining facts, no retraining); ``live=μ`` (the solve also protects the live edits' keys with
 weight μ); ``shrinkage=s`` (the key moment's identity share); untrained arms start from the
 ``stacking`` editor; ``trained`` meta-trains an editor with the arm's solve instead (``history=H`` simulated live edits per step,
-``steps=N``, ``reg=C`` the L2 coefficient, ``S=k`` edit steps (default 2), ``layers=K`` edits the MLP outputs of the last K layers (default:
+``steps=N``, ``reg=C`` the L2 coefficient, ``l2=frobenius|key|locality`` the metric the L2 term measures the
+shift in (default: the demo's), ``S=k`` edit steps (default 2), ``layers=K`` edits the MLP outputs of the last K layers (default:
 the demo's); batch sizes 1/4/16). Options combine: ``"trained corpus live=1 history=64"``.
 
 Splits: ``dev`` edits the demo editor's validation entities (never meta-trained on), ``test`` the
@@ -68,8 +69,11 @@ DEFAULT_ARMS = ["stacking", "corpus", "live=1", "corpus live=1"]
 
 def parse_arm(name: str) -> dict:
     """``"trained corpus live=1 history=64"`` -> options; raises ValueError naming a bad token."""
+    from editor_core.train_config import L2_METRICS
+
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
-                  "steps": None, "shrinkage": None, "reg": None, "S": 2, "layers": None, "demo": False}
+                  "steps": None, "shrinkage": None, "reg": None, "S": 2, "layers": None, "demo": False,
+            "l2": None}
     opts.update({"gate": False, "budget": None, "recheck": None, "consolidate": None})  # the service's
     editor_tokens = []
     for token in name.split():
@@ -97,13 +101,16 @@ def parse_arm(name: str) -> dict:
                 opts["steps"] = int(value)
             elif key in ("shrinkage", "reg"):
                 opts[key] = float(value)
+            elif key == "l2" and value in L2_METRICS:
+                opts["l2"] = value
             else:
                 raise ValueError
         except ValueError:
             raise ValueError(f"arm {name!r}: unknown option {token!r} (stacking, demo, corpus, trained, live=, "
-                             "history=, steps=, shrinkage=, reg=, S=, layers=; gate, budget=, recheck=, consolidate=)") from None
-    if (opts["reg"] is not None or opts["S"] != 2 or opts["history"] or opts["layers"]) and not opts["trained"]:
-        raise ValueError(f"arm {name!r}: reg=, S=, history= and layers= only apply to a trained arm")
+                             "history=, steps=, shrinkage=, reg=, S=, layers=, l2=frobenius|key|locality; gate, budget=, recheck=, consolidate=)") from None
+    if (opts["reg"] is not None or opts["S"] != 2 or opts["history"] or opts["layers"] or opts["l2"]) \
+            and not opts["trained"]:
+        raise ValueError(f"arm {name!r}: reg=, S=, history=, layers= and l2= only apply to a trained arm")
     if opts["demo"] and editor_tokens != ["demo"]:
         raise ValueError(f"arm {name!r}: 'demo' (the demo editor as built) takes no editor options")
     return opts
@@ -123,6 +130,8 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
         return paths.editor_dir
     steps = arm["steps"] or max_steps or spec.editor_steps
     ident = {k: v for k, v in arm.items() if k not in ("name", "steps", "gate", "budget", "recheck", "consolidate")}
+    if ident["l2"] is None:  # arms named before l2= existed keep their cache keys
+        del ident["l2"]
     ident["steps"] = steps
     ident.update(seed=seed, training=TRAINING_VERSION, demo=json.loads(paths.stamp_json.read_text()).get("key"),
                  reference=[spec.editor_reg, spec.editor_l2_metric, spec.editor_locality_weight,
@@ -137,7 +146,7 @@ def arm_editor(arm: dict, paths, model, tok, world, spec, seed: int, cache: Path
 
         train, val = editor_requests(world, spec, seed)
         cfg = TrainConfig(
-            n_steps=arm["S"], reg="l2", reg_coef=arm["reg"] or spec.editor_reg, l2_metric=spec.editor_l2_metric,
+            n_steps=arm["S"], reg="l2", reg_coef=arm["reg"] or spec.editor_reg, l2_metric=arm["l2"] or spec.editor_l2_metric,
             locality_weight=spec.editor_locality_weight, seed=seed, modules=demo_modules(model, spec, arm["layers"]),
             max_steps=steps, val_every=max(1, steps // 4),
             key_shrinkage=arm["shrinkage"] or spec.editor_key_shrinkage,

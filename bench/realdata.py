@@ -46,7 +46,12 @@ prompts and paraphrases, on neighbourhood prompts, and on a control of records i
 ``answers[0]``, new target ``alt``, paraphrase ``rephrase``, neighbourhood an NQ question and its
 answer) or KnowEdit format (``test_knowedit.json``: the neighbourhood probes are the subject's other
 relations), and this project's JSONL with ``ground_truth``; only records with a true answer count.
-The ``cf_*`` columns are computed the same way on every data set.
+The ``cf_*`` columns are computed the same way on every data set. KnowEdit records also carry
+portability questions (what follows from the edited fact: reasoning over it, its subject's
+aliases, its logical consequences): ``portability`` is the token accuracy of their answers after
+the edit (EasyEdit's score), with one ``portability_<kind>`` column per kind; ``no-edit`` gives the
+floor. The base model is not taught these questions' facts, so they measure whether an edit carries
+over to what the model would have to infer.
 
 Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``; ``<name>`` is ``<data><N>_<lm>``
 for the from-scratch base (``<data>``: ``cf``, ``zsre``, ``knowedit``, ``jsonl``),
@@ -203,6 +208,12 @@ def build_minilm_model(records, vocab_records, data: Path, preset: str, out_root
     return _cached_build(out_root / f"minilm-{preset}-{key}", build)
 
 
+def portability_columns(records) -> list[str]:
+    """KnowEdit's portability columns (overall, then per kind) when the records carry its questions."""
+    kinds = sorted({kind.lower() for r in records for kind in (r.meta.get("portability") or {})})
+    return ["portability", *(f"portability_{k}" for k in kinds)] if kinds else []
+
+
 def model_tag(model_dir: Path) -> str:
     """Identifies a model directory's weights for the editor cache (path, weight files' sizes and times)."""
     files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
@@ -341,6 +352,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         held_out = {q for r in evaluated for q in (r.prompt, *r.paraphrases, *(p.prompt for p in r.locality))}
         preserve = [r for r in preserve if r.prompt not in held_out]
     print(f"split by subject: {len(train)} train, {len(val)} dev, {len(test)} test records; evaluating {args.split}")
+    columns = COLUMNS + portability_columns(records)
     import random
 
     for seed in args.seeds:
@@ -364,12 +376,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                                           progress=True, pass_live=wants_live(edit_fn))
                 entry = results.setdefault(f"{method}|{n}", {"method": method, "batch": n, "batch_effective": n_eff,
                                                             "sequential": t_eff})
-                entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in COLUMNS},
+                entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in columns},
                                                      "edit_s": report["timing"]["edit_seconds_mean"]})
-    rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, COLUMNS))]
+    rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, columns))]
     print_table(f"real-data edits, {name}, {len(records)} records, {args.split} split, seeds {args.seeds}, "
                 f"T={args.sequential}",
-                ["method", "n"] + COLUMNS, rows)
+                ["method", "n"] + columns, rows)
     from bench.plots import plot_quality
 
     suffix = ("_dev" if args.split == "dev" else "") + ("_preservetrain" if args.preserve == "train" else "")

@@ -108,6 +108,7 @@ def measure_requests(
             row[f"gs_{group}"] = _mean([s.token_acc for s in tf])
             row[f"gs_{group}_first"] = _mean([float(s.first_token) for s in tf])
             row[f"gs_{group}_exact"] = _mean([float(s.exact) for s in tf])
+        row.update(_portability(model, tok, request))
         if request.ground_truth:
             new, old = _mean_logprob(model, tok, [request.prompt] * 2, [request.target, request.ground_truth])
             row["cf_efficacy"] = float(new > old)
@@ -120,6 +121,28 @@ def measure_requests(
                 row["cf_neighbourhood"] = _mean(wins)
         rows.append(row)
     return rows
+
+
+def _portability(model: nn.Module, tok: PreTrainedTokenizerBase, request: EditRequest) -> dict[str, float | None]:
+    """KnowEdit's portability: token accuracy of the answers that follow from the edited fact
+    (``meta["portability"]``, ``{kind: [{prompt, answer}]}``: reasoning over it, its subject's
+    aliases, its logical consequences), as EasyEdit scores it, overall and per kind. Empty when
+    the request has no such questions."""
+    groups = request.meta.get("portability")
+    if not isinstance(groups, dict) or not groups:
+        return {}
+    row: dict[str, float | None] = {}
+    every: list[float] = []
+    for kind, probes in sorted(groups.items()):
+        probes = [p for p in probes if p.get("prompt") and p.get("answer")]
+        if not probes:
+            continue
+        acc = [s.token_acc for s in teacher_forced(model, tok, [p["prompt"] for p in probes],
+                                                    [p["answer"] for p in probes])]
+        row[f"portability_{kind.lower()}"] = _mean(acc)
+        every += acc
+    row["portability"] = _mean(every)
+    return row
 
 
 def paraphrase_ceiling(model: nn.Module, tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> dict:

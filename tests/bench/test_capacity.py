@@ -98,3 +98,14 @@ def test_lifelong_merge_pools_seeds_and_refuses_what_cannot_pool(tmp_path, monke
         with pytest.raises(SystemExit):
             bench.lifelong.main(["--merge", str(files[0]), str(tmp_path / "bad.json")])
         assert reason in capsys.readouterr().err
+
+
+def test_lifelong_arm_names_the_l2_metric_of_a_trained_arm_only() -> None:
+    from bench.lifelong import parse_arm
+
+    assert parse_arm("trained corpus live=1 l2=key")["l2"] == "key"
+    assert parse_arm("trained corpus live=1")["l2"] is None  # the demo spec's metric
+    with pytest.raises(ValueError, match="only apply to a trained arm"):
+        parse_arm("corpus l2=key")
+    with pytest.raises(ValueError, match="unknown option 'l2=cosine'"):
+        parse_arm("trained l2=cosine")

@@ -208,6 +208,33 @@ def test_realdata_suite_takes_zsre_mend_data(tiny_setup, results, tmp_path):
     assert out["base_model"]["n_records"] == 4
 
 
+def test_realdata_suite_reports_knowedit_portability(tiny_setup, results, tmp_path):
+    """KnowEdit records carry portability questions: a column overall and one per kind."""
+    from bench.realdata import main
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    records = []
+    for r in world.edit_requests("train", seed=0)[:20]:
+        loc = r.locality[0]
+        records.append({"subject": r.subject, "prompt": r.prompt, "target_new": r.target, "ground_truth": [r.ground_truth],
+                        "rephrase_prompt": r.paraphrases[0],
+                        "locality": {"Relation_Specificity": [{"prompt": loc.prompt, "ground_truth": [loc.answer]}]},
+                        "portability": {"Reasoning": [{"prompt": r.paraphrases[0], "ground_truth": r.target}],
+                                        "Subject_Aliasing": [{"prompt": r.prompt, "ground_truth": r.target}]}})
+    (tmp_path / "knowedit.json").write_text(json.dumps(records))
+    main(["--data", str(tmp_path / "knowedit.json"), "--model-dir", str(tmp_path / "lm"), "--n-records", "20",
+          "--n-control", "0", "--max-steps", "1", "--n-eval", "4", "--batch-sizes", "4", "--no-generation",
+          "--methods", "no-edit"])
+    [row] = _load(results / "realdata_lm.json")["results"]
+    mean = row["mean"]
+    # here the aliasing question is the edit prompt itself and the reasoning one its paraphrase
+    assert mean["portability_subject_aliasing"] == pytest.approx(mean["es"])
+    assert mean["portability_reasoning"] == pytest.approx(mean["gs"])
+    assert mean["portability"] == pytest.approx((mean["es"] + mean["gs"]) / 2)
+
+
 def test_realdata_suite_names_unreadable_data(tmp_path, capsys):
     from bench.realdata import main
 

@@ -158,3 +158,26 @@ def test_ftl_respects_its_norm_bound_and_fits_the_edits(tokenizer):
     with delta.applied_to(model):
         after = teacher_forced(model, tokenizer, [PROMPTS[0]], ["Rome"])[0].mean_logprob
     assert after > base
+
+
+def test_portability_scores_the_questions_that_follow_from_the_edit(tokenizer):
+    """KnowEdit's portability: token accuracy of each kind's answers on the model as edited, and
+    nothing for requests without such questions."""
+    model = build_tiny("gpt2", len(tokenizer))
+    follows = {"Reasoning": [{"prompt": "The capital of France is", "answer": "Rome"},  # the edit itself
+                             {"prompt": "Water boils at", "answer": "90 degrees"}],
+               "Subject_Aliasing": [{"prompt": "Water boils at", "answer": "90 degrees"}]}
+    requests = [EditRequest(PROMPTS[0], "Rome", meta={"portability": follows}), EditRequest(PROMPTS[2], "5 dollars")]
+    report = evaluate_editing(model, tokenizer, NoEdit().edit, requests, batch_size=2, generation=False)
+    with_q, without = report["per_request"]
+    assert "portability" not in without
+    acc = [s.token_acc for s in teacher_forced(model, tokenizer, [PROMPTS[0], PROMPTS[1]], ["Rome", "90 degrees"])]
+    assert with_q["portability_reasoning"] == pytest.approx(sum(acc) / 2)
+    assert with_q["portability_subject_aliasing"] == pytest.approx(acc[1])
+    assert with_q["portability"] == pytest.approx((acc[0] + 2 * acc[1]) / 3)
+    assert report["summary"]["portability"] == pytest.approx(with_q["portability"])  # the one request with questions
+    # an edit that writes the target raises the question that is the edit itself to its ES
+    edited = evaluate_editing(model, tokenizer, FTLEditor(model, tokenizer, FTLConfig(norm_bound=1.0, lr=0.1, steps=40)).edit,
+                              requests[:1], batch_size=1, generation=False)["per_request"][0]
+    assert edited["es"] > acc[0]
+    assert edited["portability_reasoning"] == pytest.approx((edited["es"] + edited["portability_subject_aliasing"]) / 2)
