@@ -73,7 +73,7 @@ def parse_arm(name: str) -> dict:
 
     opts: dict = {"name": name, "corpus": False, "live": 0.0, "trained": False, "history": 0,
                   "steps": None, "shrinkage": None, "reg": None, "S": 2, "layers": None, "demo": False,
-            "l2": None}
+                  "l2": None}
     opts.update({"gate": False, "budget": None, "recheck": None, "consolidate": None})  # the service's
     editor_tokens = []
     for token in name.split():
