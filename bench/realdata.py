@@ -42,6 +42,12 @@ entropy of the prompt's greedy 32-token continuation, ``editor_core.fluency``; r
 JSON reports what the base model knows (exact match of the true answer) on the held-out records'
 prompts and paraphrases, on neighbourhood prompts, and on a control of records it never saw.
 
+``--unseen-paraphrases`` leaves the dev and test records' paraphrases out of the base model's
+corpus (and of the preservation set): ``gs`` then asks phrasings used neither in pretraining nor
+in meta-training (which sees only train records), the quality suite's ``gs_unseen``, and
+``base_model.paraphrase`` is the ceiling: how often the unedited model answers them truly. The
+base is cached apart (its corpus differs) and the result name ends in ``_unseen``.
+
 ``--data`` also takes zsRE in MEND format (``../shared/data/zsre/train_mend.json``: true answer
 ``answers[0]``, new target ``alt``, paraphrase ``rephrase``, neighbourhood an NQ question and its
 answer) or KnowEdit format (``test_knowedit.json``: the neighbourhood probes are the subject's other
@@ -65,6 +71,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import asdict
@@ -115,16 +122,20 @@ def minilm_presets():
 MAX_FACT_CHARS = 300  # longer facts would not fit the built models' 128 positions (one zsRE NQ probe)
 
 
-def true_fact_pairs(records) -> list[tuple[str, str]]:
+def true_fact_pairs(records, untaught_paraphrases=()) -> list[tuple[str, str]]:
     """(prompt, true answer) pairs the base model learns: prompts, paraphrases, neighbourhood probes.
 
-    A pair longer than ``MAX_FACT_CHARS`` is left out (the model is then not expected to know it)."""
+    The paraphrases of ``untaught_paraphrases`` (records) are left out, so GS on them asks a
+    phrasing the model never saw. A pair longer than ``MAX_FACT_CHARS`` is left out (the model is
+    then not expected to know it)."""
+    untaught = {id(r) for r in untaught_paraphrases}
     pairs: list[tuple[str, str]] = []
     for r in records:
         if not r.ground_truth:
             continue
         pairs.append((r.prompt, r.ground_truth))
-        pairs += [(p, r.ground_truth) for p in r.paraphrases]
+        if id(r) not in untaught:
+            pairs += [(p, r.ground_truth) for p in r.paraphrases]
         pairs += [(p.prompt, p.answer) for p in r.locality if p.answer]
     pairs = [(p, a) for p, a in pairs if len(p) + len(a) < MAX_FACT_CHARS]
     return list(dict.fromkeys(pairs))  # a neighbour may be another record's fact: learn it once
@@ -159,8 +170,9 @@ def _cached_build(out: Path, build) -> tuple[Path, dict]:
 
 
 def build_base_model(records, data: Path, preset: str, out_root: Path, pretrain_steps: int | None = None,
-                     progress: bool = True) -> tuple[Path, dict]:
-    """Train (or reuse) the from-scratch GPT-2 on the records' true facts; return its dir and stats."""
+                     progress: bool = True, untaught_paraphrases=()) -> tuple[Path, dict]:
+    """Train (or reuse) the from-scratch GPT-2 on the records' true facts (without the paraphrases
+    of ``untaught_paraphrases``); return its dir and stats."""
     from dataclasses import replace
 
     from demo_world.pretrain import pretrain_lm
@@ -168,18 +180,19 @@ def build_base_model(records, data: Path, preset: str, out_root: Path, pretrain_
     cfg = lm_presets()[preset]
     if pretrain_steps:
         cfg = replace(cfg, max_steps=pretrain_steps)
-    pairs = true_fact_pairs(records)
+    pairs = true_fact_pairs(records, untaught_paraphrases)
     key = _key({"version": LM_VERSION, "data": Path(data).name, "pairs": pairs, "config": asdict(cfg)})
     return _cached_build(out_root / f"lm-{preset}-{key}", lambda tmp: pretrain_lm(pairs, tmp, cfg, progress=progress))
 
 
 def build_minilm_model(records, vocab_records, data: Path, preset: str, out_root: Path, minilm_dir: Path,
                        pretrain_steps: int | None = None, cut_vocab: bool = True,
-                       progress: bool = True) -> tuple[Path, dict]:
+                       progress: bool = True, untaught_paraphrases=()) -> tuple[Path, dict]:
     """Fine-tune (or reuse) a MiniLM-initialised decoder on the records' true facts; return its dir and stats.
 
     With ``cut_vocab`` its vocabulary is the tokens of ``vocab_records`` (every record the run
-    reads: the taught ones and the control). Cached under ``minilm-<preset>-<key>``, the key covering
+    reads: the taught ones and the control). The paraphrases of ``untaught_paraphrases`` are not
+    taught. Cached under ``minilm-<preset>-<key>``, the key covering
     the weights' bytes, the corpus, the vocabulary and the settings.
     """
     from dataclasses import replace
@@ -190,7 +203,7 @@ def build_minilm_model(records, vocab_records, data: Path, preset: str, out_root
     cfg = minilm_presets()[preset]
     if pretrain_steps:
         cfg = replace(cfg, max_steps=pretrain_steps)
-    pairs = true_fact_pairs(records)
+    pairs = true_fact_pairs(records, untaught_paraphrases)
     vocab = vocabulary_texts(vocab_records) if cut_vocab else None
     weights = hashlib.sha256((minilm_dir / "model.safetensors").read_bytes()).hexdigest()
     key = _key({"version": LM_VERSION, "base": "minilm", "weights": weights,
@@ -286,6 +299,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--preserve", choices=["all", "train"], default="all",
                         help="preservation set of key_source=corpus methods and MEMIT: every record's facts (all), or "
                              "only those of the records not evaluated (train: no evaluated subject's facts, nor its neighbours')")
+    parser.add_argument("--unseen-paraphrases", action="store_true",
+                        help="do not teach the base model the dev and test records' paraphrases: GS then asks phrasings "
+                             "never used in pretraining nor meta-training, and base_model.paraphrase is its ceiling")
     parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen, gs_gen)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true",
@@ -296,6 +312,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args.lm = args.lm or ("quick" if args.quick else "full")
     if args.base != "minilm" and (args.minilm_dir is not None or args.full_vocab):
         parser.error("--minilm-dir and --full-vocab go with --base minilm")
+    if args.unseen_paraphrases and args.model_dir is not None:
+        parser.error("--unseen-paraphrases decides what a built base model is taught; --model-dir brings its own")
 
     from bench.quality import effective_batch, make_method, summarise, wants_live
     from editor_core.arch import last_layer_modules, layer_count
@@ -320,6 +338,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     records = every[: args.n_records]
     control = every[args.n_records: args.n_records + args.n_control]
     root = results_dir() / "realdata"
+    train, val, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
+    untaught = val + test if args.unseen_paraphrases else []
     if args.model_dir is not None:
         model_dir, pre_stats, name = args.model_dir, None, args.model_dir.name
     elif args.base == "minilm":
@@ -330,11 +350,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         except MiniLMNotFound as exc:
             parser.error(str(exc))
         model_dir, pre_stats = build_minilm_model(records, records + control, args.data, args.lm, root, source,
-                                                  args.pretrain_steps, cut_vocab=not args.full_vocab)
+                                                  args.pretrain_steps, cut_vocab=not args.full_vocab,
+                                                  untaught_paraphrases=untaught)
         name = f"{dataset}{len(records)}_minilm_{args.lm}"
     else:
-        model_dir, pre_stats = build_base_model(records, args.data, args.lm, root, args.pretrain_steps)
+        model_dir, pre_stats = build_base_model(records, args.data, args.lm, root, args.pretrain_steps,
+                                                untaught_paraphrases=untaught)
         name = f"{dataset}{len(records)}_{args.lm}"
+    if untaught:
+        name += "_unseen"
     model, tok = load_model(model_dir, device=args.device)
     layers = args.edit_layers or (None if args.model_dir is not None else layer_count(model))
     modules = last_layer_modules(model, layers) if layers else None
@@ -343,11 +367,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     results: dict = {}
     base = None
-    train, val, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
+    ceilings: list[float | None] = []  # per seed: the base's own accuracy on the evaluated paraphrases
     # what the base model was taught (its corpus): the preservation set of key_source=corpus methods
     evaluated = val if args.split == "dev" else test
+    if not evaluated:
+        parser.error(f"the {args.split} part of {len(records)} records is empty (records are split by subject): "
+                     f"raise --n-records")
     preserved = records if args.preserve == "all" else [r for r in records if r not in evaluated]
-    preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(preserved)]
+    preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(preserved, untaught)]
     if args.preserve == "train":  # nor the evaluated records' neighbourhood prompts, where another record has them
         held_out = {q for r in evaluated for q in (r.prompt, *r.paraphrases, *(p.prompt for p in r.locality))}
         preserve = [r for r in preserve if r.prompt not in held_out]
@@ -363,6 +390,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
             base = knowledge(model, tok, evaluation, control)
             print("base model knows (exact match of the true answer):",
                   {k: round(v, 3) if isinstance(v, float) else v for k, v in base.items()})
+            ceilings.append(base["paraphrase"])
+        else:
+            ceilings.append(knowledge(model, tok, evaluation, [])["paraphrase"])
         extra = {"data": args.data.name, "n_records": len(records), "split": f"subject/{SPLIT_SEED}"}
         for method in args.methods:
             edit_fn = make_method(method, model, tok, train, val, max_steps=args.max_steps, seed=seed,
@@ -379,6 +409,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                 entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in columns},
                                                      "edit_s": report["timing"]["edit_seconds_mean"]})
     rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, columns))]
+    known = [c for c in ceilings if c is not None]
+    ceiling = statistics.mean(known) if known else None
+    if ceiling is not None:
+        print(f"paraphrases {'never taught: gs asks unseen phrasings' if untaught else 'taught'}; the base model's "
+              f"own accuracy on the evaluated ones (the ceiling of gs), mean over seeds: {ceiling:.3f} "
+              f"(per seed {', '.join(f'{c:.3f}' for c in known)})")
     print_table(f"real-data edits, {name}, {len(records)} records, {args.split} split, seeds {args.seeds}, "
                 f"T={args.sequential}",
                 ["method", "n"] + columns, rows)
@@ -392,7 +428,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         "base": None if args.model_dir is not None else args.base,
         "edit_modules": modules, "pretrain": None if pre_stats is None else
         {k: v for k, v in pre_stats.items() if k not in ("history",)},
-        "base_model": base, "seeds": args.seeds, "sequential": args.sequential, "max_steps": args.max_steps, "n_eval": args.n_eval,
+        "base_model": base, "paraphrases": "untaught" if untaught else "taught",
+        "gs_ceiling": {"mean": ceiling, "per_seed": ceilings}, "seeds": args.seeds, "sequential": args.sequential, "max_steps": args.max_steps, "n_eval": args.n_eval,
         "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
     }, plot_quality)
     if args.json is not None:

@@ -202,17 +202,49 @@ def _woodbury(precision: torch.Tensor, keys: torch.Tensor, alpha: float) -> torc
     return precision
 
 
+class RequestKeys:
+    """Each request's keys at the positions predicting its target, computed once.
+
+    Meta-training protects, at every step, the keys of a fresh sample of other training edits "as
+    if they were live" on a model that never changes; running the model over the sample each step
+    cost a third of the step (the demo's 128-edit history). Kept here, a sample is a gather."""
+
+    def __init__(self, keys: dict[str, torch.Tensor], counts: Sequence[int]) -> None:
+        self.keys = keys  # per module, every request's rows in request order
+        self.offsets = [0]
+        for count in counts:
+            self.offsets.append(self.offsets[-1] + int(count))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def delta(self, indices: Sequence[int]) -> Delta:
+        """A keys-only delta of the requests at ``indices``, in that order."""
+        spans = [(self.offsets[i], self.offsets[i + 1]) for i in indices]
+        return Delta({}, keys={name: torch.cat([k[a:b] for a, b in spans]) for name, k in self.keys.items()})
+
+
 @torch.no_grad()
+def request_keys(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, module_names: Sequence[str],
+    requests: Sequence[EditRequest], max_length: int, chunk: int = 32,
+) -> RequestKeys:
+    """``requests``' keys on ``model`` as it is, by request (see :class:`RequestKeys`)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    counts: list[int] = []
+    for start in range(0, len(requests), chunk):
+        part = requests[start : start + chunk]
+        batch = pair_batch(tokenizer, [r.prompt for r in part], [r.target for r in part], max_length)
+        counts += batch.predict_mask.sum(dim=1).tolist()
+        for name, keys in capture_keys(model, module_names, batch, positions="predict").items():
+            parts.setdefault(name, []).append(keys.float().cpu())
+    return RequestKeys({name: torch.cat(k) for name, k in parts.items()}, counts)
+
+
 def keys_only_delta(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, module_names: Sequence[str],
     requests: Sequence[EditRequest], max_length: int, chunk: int = 32,
 ) -> Delta:
     """A delta with no shift that records ``requests``' keys (at the positions predicting their
     targets, on ``model`` as it is): what a later solve protects as if they were live edits."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(requests), chunk):
-        part = requests[start : start + chunk]
-        batch = pair_batch(tokenizer, [r.prompt for r in part], [r.target for r in part], max_length)
-        for name, keys in capture_keys(model, module_names, batch, positions="predict").items():
-            parts.setdefault(name, []).append(keys.float().cpu())
-    return Delta({}, keys={name: torch.cat(k) for name, k in parts.items()})
+    return Delta({}, keys=request_keys(model, tokenizer, module_names, requests, max_length, chunk).keys)

@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from editor_core.arch import get_module, is_in_out
 from editor_core.capture import capture_keys
 from editor_core.delta import Delta
-from editor_core.key_moment import keys_only_delta
+from editor_core.key_moment import request_keys
 from editor_core.editor import SMEditor, StepRecord
 from editor_core.solve import shift_dense
 from editor_core.tokens import PairBatch, pair_batch, target_nll
@@ -372,17 +372,17 @@ def meta_train(
             editor.config.init_lr = calibrate_init_lr(editor, calibration, config)
         optimizer = torch.optim.Adam(editor.parameters(), lr=config.meta_lr)
     val = list(val_requests)[: config.val_size]
+    history_keys = (request_keys(editor.model, tokenizer, editor.module_names, pool, config.max_length)
+                    if config.live_history and config.live_weight > 0 else None)  # the model never changes
     bar = tqdm(range(start, config.max_steps), desc=f"meta-train S={config.n_steps} {config.reg}",
                disable=not progress, initial=start, total=config.max_steps)
     t0 = time.perf_counter()
     for step in bar:
         size = rng.choice(config.batch_sizes) if config.batch_sizes else config.batch_size
         batch = rng.sample(pool, min(size, len(pool)))
-        live = []
-        if config.live_history and config.live_weight > 0:  # other training edits' keys, as if live
-            others = [r for r in pool if all(r is not b for b in batch)]
-            picked = rng.sample(others, min(config.live_history, len(others)))
-            live = [keys_only_delta(editor.model, tokenizer, editor.module_names, picked, config.max_length)]
+        live = []  # other training edits' keys, as if live
+        if history_keys is not None and (others := [i for i, r in enumerate(pool) if all(r is not b for b in batch)]):
+            live = [history_keys.delta(rng.sample(others, min(config.live_history, len(others))))]
         stats = train_step(editor, batch, config, optimizer, live)
         bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k != "grad_norm"})
         done = step + 1

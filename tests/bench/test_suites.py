@@ -173,6 +173,45 @@ def test_realdata_suite_builds_a_base_model_and_evaluates(tiny_setup, results, t
     assert len(list((results / "editors" / "realdata").glob("*/editor.json"))) == len(editors) + 1  # its own editor
 
 
+def test_realdata_unseen_paraphrases_are_never_taught_and_their_ceiling_reported(tiny_setup, results, tmp_path):
+    from bench.realdata import SPLIT_SEED, main, true_fact_pairs
+    from editor_core.data import load_edits
+    from editor_core.splits import split_by_subject
+
+    data = _counterfact_file(tiny_setup[2], tmp_path / "cf.json")
+    args = ["--data", str(data), "--lm", "tiny", "--n-records", "30", "--n-control", "5", "--max-steps", "2",
+            "--n-eval", "6", "--batch-sizes", "3", "--no-generation", "--preserve", "train",
+            "--methods", "no-edit", "SMEdit S=2 L2 +cov key_source=corpus"]
+    main(args + ["--unseen-paraphrases", "--seeds", "0", "1"])
+    out = _load(results / "realdata_cf30_tiny_unseen_preservetrain.json")
+    assert out["paraphrases"] == "untaught"
+    with pytest.raises(SystemExit):  # 30 records of a few subjects leave the dev part empty: said, not a crash
+        main(args + ["--split", "dev"])
+    ceiling = out["gs_ceiling"]  # one per seed (each seed evaluates its own shuffle of the test part)
+    assert len(ceiling["per_seed"]) == 2 and ceiling["per_seed"][0] == out["base_model"]["paraphrase"]
+    assert ceiling["mean"] == pytest.approx(sum(ceiling["per_seed"]) / 2)
+    records = [r for r in load_edits(data, skip_blank_targets=True) if r.ground_truth][:30]
+    _, dev, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
+    untaught = {(p, r.ground_truth) for r in dev + test for p in r.paraphrases}
+    corpus = set(true_fact_pairs(records, dev + test))
+    assert untaught and not untaught & corpus and set(true_fact_pairs(records)) == corpus | untaught
+    assert out["pretrain"]["n_texts"] == len(corpus)  # the base was trained on exactly that corpus
+    assert 0.0 <= out["base_model"]["paraphrase"] <= 1.0  # the ceiling, on the untaught phrasings
+    main(args)  # taught: another base model, on every paraphrase
+    assert len(list((results / "realdata").glob("lm-tiny-*"))) == 2
+    taught_run = _load(results / "realdata_cf30_tiny_preservetrain.json")
+    assert taught_run["paraphrases"] == "taught"
+    assert taught_run["pretrain"]["n_texts"] == len(true_fact_pairs(records)) > out["pretrain"]["n_texts"]
+
+
+def test_realdata_unseen_paraphrases_refuse_a_given_model_dir(tmp_path, capsys):
+    from bench.realdata import main
+
+    with pytest.raises(SystemExit):
+        main(["--model-dir", str(tmp_path), "--unseen-paraphrases"])
+    assert "--unseen-paraphrases" in capsys.readouterr().err
+
+
 def test_realdata_suite_edits_a_given_model_dir(tiny_setup, results, tmp_path):
     from bench.realdata import main
 
@@ -359,6 +398,7 @@ def test_realdata_leaves_facts_too_long_for_the_model_out_of_the_corpus():
                            locality=(LocalityProbe("NQ?", long_answer), LocalityProbe("Short?", "yes")))]
     pairs = true_fact_pairs(records)
     assert pairs == [("Q1?", "a1"), ("Q1 again?", "a1"), ("Short?", "yes")]
+    assert true_fact_pairs(records, untaught_paraphrases=records) == [("Q1?", "a1"), ("Short?", "yes")]
 
 
 @pytest.fixture

@@ -160,6 +160,53 @@ def test_meta_training_fits_the_corpus_first_and_trains_under_live_edits(tokeniz
         TrainConfig(live_history=-1)
 
 
+def test_request_keys_are_each_requests_own_and_gather_in_any_order(tokenizer):
+    from editor_core.key_moment import keys_only_delta, request_keys
+
+    model = build_tiny("gpt2", len(tokenizer))
+    editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, modules=None))
+    names = editor.module_names
+    every = request_keys(model, tokenizer, names, REQUESTS, max_length=64, chunk=2)  # chunks mix lengths
+    assert len(every) == len(REQUESTS)
+    for i, r in enumerate(REQUESTS):  # the rows of request i are what the model gives for it alone
+        alone = keys_only_delta(model, tokenizer, names, [r], max_length=64).keys
+        for name in names:
+            torch.testing.assert_close(every.delta([i]).keys[name], alone[name], rtol=1e-5, atol=1e-5)
+    order = [2, 0, 1]
+    picked = keys_only_delta(model, tokenizer, names, [REQUESTS[i] for i in order], max_length=64).keys
+    for name in names:
+        torch.testing.assert_close(every.delta(order).keys[name], picked[name], rtol=1e-5, atol=1e-5)
+
+
+def test_meta_training_protects_other_training_edits_keys_never_the_batchs_own(tokenizer, tmp_path, monkeypatch):
+    import editor_core.train as train_module
+    from editor_core.key_moment import request_keys
+
+    model = build_tiny("gpt2", len(tokenizer))
+    pool = REQUESTS * 2
+    seen: list[tuple[list, dict]] = []
+    real_step = train_module.train_step
+
+    def spy(editor, batch, cfg, optimizer, live=()):
+        seen.append((list(batch), {n: k.clone() for n, k in live[0].keys.items()}))
+        return real_step(editor, batch, cfg, optimizer, live)
+
+    monkeypatch.setattr(train_module, "train_step", spy)
+    cfg = TrainConfig(n_steps=1, rank=4, batch_size=2, max_steps=3, val_every=3, val_size=2, seed=0,
+                      key_source="corpus", live_weight=1.0, live_history=2, batch_sizes=(1, 2))
+    meta_train(model, tokenizer, pool, REQUESTS, cfg, tmp_path / "ed", progress=False, preserve=KNOWN)
+    editor = SMEditor(model, tokenizer, cfg.editor_config())
+    keys = request_keys(model, tokenizer, editor.module_names, pool, cfg.max_length)
+    assert len(seen) == 3
+    for batch, live in seen:
+        others = [i for i, r in enumerate(pool) if all(r is not b for b in batch)]
+        for name, rows in live.items():
+            candidates = keys.delta(others).keys[name]
+            assert rows.shape[0] > 0
+            for row in rows:  # every protected key is one of another training edit's keys
+                assert torch.isclose(candidates, row, rtol=1e-5, atol=1e-5).all(dim=1).any()
+
+
 def test_the_harness_passes_live_deltas_in_the_order_they_were_applied(tokenizer):
     model = build_tiny("gpt2", len(tokenizer))
     editor = SMEditor(model, tokenizer, EditorConfig(n_steps=1, rank=4, live_weight=1.0))
