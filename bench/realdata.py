@@ -45,8 +45,10 @@ prompts and paraphrases, on neighbourhood prompts, and on a control of records i
 ``--unseen-paraphrases`` leaves the dev and test records' paraphrases out of the base model's
 corpus (and of the preservation set): ``gs`` then asks phrasings used neither in pretraining nor
 in meta-training (which sees only train records), the quality suite's ``gs_unseen``, and
-``base_model.paraphrase`` is the ceiling: how often the unedited model answers them truly. The
-base is cached apart (its corpus differs) and the result name ends in ``_unseen``.
+``gs_ceiling`` in the JSON (``per_seed``, ``mean``; printed above the table) is its ceiling: how
+often the unedited model answers the evaluated paraphrases truly (``base_model`` describes the
+first seed's records). The base is cached apart (its corpus differs) and the result name ends in
+``_unseen``.
 
 ``--data`` also takes zsRE in MEND format (``../shared/data/zsre/train_mend.json``: true answer
 ``answers[0]``, new target ``alt``, paraphrase ``rephrase``, neighbourhood an NQ question and its
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                              "only those of the records not evaluated (train: no evaluated subject's facts, nor its neighbours')")
     parser.add_argument("--unseen-paraphrases", action="store_true",
                         help="do not teach the base model the dev and test records' paraphrases: GS then asks phrasings "
-                             "never used in pretraining nor meta-training, and base_model.paraphrase is its ceiling")
+                             "never used in pretraining nor meta-training, and gs_ceiling (in the JSON) is its ceiling")
     parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen, gs_gen)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true",
@@ -339,6 +341,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     control = every[args.n_records: args.n_records + args.n_control]
     root = results_dir() / "realdata"
     train, val, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
+    evaluated = val if args.split == "dev" else test
+    if not evaluated:  # said before any base model is built
+        parser.error(f"the {args.split} part of {len(records)} records is empty (records are split by subject): "
+                     f"raise --n-records")
     untaught = val + test if args.unseen_paraphrases else []
     if args.model_dir is not None:
         model_dir, pre_stats, name = args.model_dir, None, args.model_dir.name
@@ -369,10 +375,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     base = None
     ceilings: list[float | None] = []  # per seed: the base's own accuracy on the evaluated paraphrases
     # what the base model was taught (its corpus): the preservation set of key_source=corpus methods
-    evaluated = val if args.split == "dev" else test
-    if not evaluated:
-        parser.error(f"the {args.split} part of {len(records)} records is empty (records are split by subject): "
-                     f"raise --n-records")
     preserved = records if args.preserve == "all" else [r for r in records if r not in evaluated]
     preserve = [EditRequest(prompt=p, target=a) for p, a in true_fact_pairs(preserved, untaught)]
     if args.preserve == "train":  # nor the evaluated records' neighbourhood prompts, where another record has them

@@ -173,30 +173,43 @@ def test_realdata_suite_builds_a_base_model_and_evaluates(tiny_setup, results, t
     assert len(list((results / "editors" / "realdata").glob("*/editor.json"))) == len(editors) + 1  # its own editor
 
 
-def test_realdata_unseen_paraphrases_are_never_taught_and_their_ceiling_reported(tiny_setup, results, tmp_path):
-    from bench.realdata import SPLIT_SEED, main, true_fact_pairs
+def test_realdata_unseen_paraphrases_are_never_taught_and_their_ceiling_reported(tiny_setup, results, tmp_path, capsys):
+    import random
+
+    from bench.realdata import SPLIT_SEED, knowledge, main, true_fact_pairs
     from editor_core.data import load_edits
+    from editor_core.models import load_model
     from editor_core.splits import split_by_subject
 
     data = _counterfact_file(tiny_setup[2], tmp_path / "cf.json")
     args = ["--data", str(data), "--lm", "tiny", "--n-records", "30", "--n-control", "5", "--max-steps", "2",
-            "--n-eval", "6", "--batch-sizes", "3", "--no-generation", "--preserve", "train",
+            "--n-eval", "2", "--batch-sizes", "2", "--no-generation", "--preserve", "train",
             "--methods", "no-edit", "SMEdit S=2 L2 +cov key_source=corpus"]
     main(args + ["--unseen-paraphrases", "--seeds", "0", "1"])
     out = _load(results / "realdata_cf30_tiny_unseen_preservetrain.json")
     assert out["paraphrases"] == "untaught"
-    with pytest.raises(SystemExit):  # 30 records of a few subjects leave the dev part empty: said, not a crash
-        main(args + ["--split", "dev"])
-    ceiling = out["gs_ceiling"]  # one per seed (each seed evaluates its own shuffle of the test part)
-    assert len(ceiling["per_seed"]) == 2 and ceiling["per_seed"][0] == out["base_model"]["paraphrase"]
-    assert ceiling["mean"] == pytest.approx(sum(ceiling["per_seed"]) / 2)
     records = [r for r in load_edits(data, skip_blank_targets=True) if r.ground_truth][:30]
     _, dev, test = split_by_subject(records, [0.7, 0.1, 0.2], seed=SPLIT_SEED)
     untaught = {(p, r.ground_truth) for r in dev + test for p in r.paraphrases}
     corpus = set(true_fact_pairs(records, dev + test))
     assert untaught and not untaught & corpus and set(true_fact_pairs(records)) == corpus | untaught
     assert out["pretrain"]["n_texts"] == len(corpus)  # the base was trained on exactly that corpus
-    assert 0.0 <= out["base_model"]["paraphrase"] <= 1.0  # the ceiling, on the untaught phrasings
+    # the ceiling, per seed: the base's own accuracy on the paraphrases of the records that seed evaluates
+    [base_dir] = (results / "realdata").glob("lm-tiny-*")
+    model, tok = load_model(base_dir)
+    expected = []
+    for seed in (0, 1):
+        pool = list(test)
+        random.Random(seed).shuffle(pool)
+        expected.append(knowledge(model, tok, pool[:2], [])["paraphrase"])
+    assert out["gs_ceiling"]["per_seed"] == pytest.approx(expected)
+    assert out["gs_ceiling"]["mean"] == pytest.approx(sum(expected) / 2)
+    assert not dev  # 30 records of a few subjects leave the dev part empty: said, before any base is built
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(args + ["--split", "dev", "--lm", "quick"])
+    assert "dev part of 30 records is empty" in capsys.readouterr().err
+    assert not list((results / "realdata").glob("lm-quick-*"))
     main(args)  # taught: another base model, on every paraphrase
     assert len(list((results / "realdata").glob("lm-tiny-*"))) == 2
     taught_run = _load(results / "realdata_cf30_tiny_preservetrain.json")
