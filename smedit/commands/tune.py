@@ -7,6 +7,13 @@ cost (seconds per edited fact). Optuna's multi-objective TPE sampler (seeded) pr
 settings: edit steps S, the L2 coefficient, the hypernetworks' rank and how many of the last layers
 are edited. No trial starts once ``--budget`` has passed (the running one finishes).
 
+``--preserve FILE`` (facts the model knows, prompt + its own answer) searches the protected recipe
+the demo editor uses: each trial fits every edited module's key moment on those facts
+(``key_source="corpus"``) and the search adds the solve's key shrinkage. ``--live T`` measures
+each trial as a service would run it: T batches applied one after another, all live when scored,
+each solve protecting the earlier ones (``live_weight`` 1, trained as if ``T x batch`` edits were
+live, at batch sizes 1, 4 and ``--batch-size``); LS then counts the damage of all T batches.
+
 The frontier (trials no other beats on ES, LS and cost at once) is printed and plotted; the chosen
 trial is the cheapest that meets every ``--target`` (or, when none does, the one closest to them).
 Its settings go to ``<out>/editor_config.json``, which ``smedit train-editor --config`` takes (to
@@ -67,6 +74,11 @@ def tune(
     n_dev: int = typer.Option(64, "--n-dev", min=1, help="Dev edits each trial is measured on."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Edits per edit() call when measuring."),
     dev_fraction: float = typer.Option(0.2, "--dev-fraction", min=0.01, max=0.9),
+    preserve: Optional[Path] = typer.Option(
+        None, "--preserve", help="Facts the model knows (prompt + its own answer): trials protect them "
+                                 "(key_source=corpus) and the search adds the key shrinkage."),
+    live: int = typer.Option(1, "--live", min=1, help="Batches applied one after another and scored all live "
+                                                       "(>1: each solve protects the earlier batches)."),
     limit: int = typer.Option(0, "--limit", help="Use only the first N records (0 = all)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -84,11 +96,16 @@ def tune(
     from editor_core.splits import split_by_subject
 
     requests = _load(data, fmt, limit or None)
+    kept = _load(preserve, DataFormat.auto, None) if preserve else None
     train, dev = split_by_subject(requests, [1 - dev_fraction, dev_fraction], seed=seed)
     if len(train) < 2 or not dev:
         console.print(f"[red]error:[/red] {data} has too few records to split ({len(train)} train, {len(dev)} dev)")
         raise typer.Exit(2)
     dev = dev[:n_dev]
+    if len(dev) < live:
+        console.print(f"[red]error:[/red] --live {live} needs at least {live} dev edits (one batch each); "
+                      f"the dev split has {len(dev)}: lower --live or raise --n-dev / --dev-fraction")
+        raise typer.Exit(2)
     lm, tok = load_model(model, device=device)
     layers = min(max_layers, layer_count(lm))
     out.mkdir(parents=True, exist_ok=True)
@@ -100,13 +117,16 @@ def tune(
     started = time.monotonic()
 
     def objective(trial: Any) -> tuple[float, float, float]:
-        cfg = _trial_config(trial, lm, layers, max_steps, seed, batch=min(16, len(train)))
-        scores = _train_and_measure(lm, tok, train, dev, cfg, out / "trials" / str(trial.number), batch_size)
+        cfg = _trial_config(trial, lm, layers, max_steps, seed, batch=min(16, len(train)), protect=kept is not None,
+                            live_history=(live - 1) * batch_size)
+        scores = _train_and_measure(lm, tok, train, dev, cfg, out / "trials" / str(trial.number), batch_size,
+                                    kept, live)
         for key, value in scores.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("config", _config_json(cfg))
         console.print(f"trial {trial.number}: S={cfg.n_steps} reg={cfg.reg_coef:.2g} rank={cfg.rank} "
-                      f"layers={len(cfg.modules or [])} -> es {scores['es']:.3f} gs {scores['gs']:.3f} "
+                      f"layers={len(cfg.modules or [])}"
+                      + (f" shrinkage={cfg.key_shrinkage:.2g}" if kept is not None else "") + f" -> es {scores['es']:.3f} gs {scores['gs']:.3f} "
                       f"ls {scores['ls']:.3f}, {scores['edit_s_per_fact'] * 1000:.1f} ms/fact "
                       f"({time.monotonic() - started:.0f} s of {seconds:.0f})")
         return scores["es"], scores["ls"], scores["edit_s_per_fact"]
@@ -118,10 +138,11 @@ def tune(
         raise typer.Exit(1)
     frontier = sorted({t.number for t in study.best_trials})
     chosen = choose(done, targets)
-    _report(done, frontier, chosen, targets, out)
+    _report(done, frontier, chosen, targets, out, {"preserve": str(preserve) if preserve else None, "live": live})
 
 
-def _trial_config(trial: Any, lm: Any, layers: int, max_steps: int, seed: int, batch: int):
+def _trial_config(trial: Any, lm: Any, layers: int, max_steps: int, seed: int, batch: int,
+                  protect: bool = False, live_history: int = 0):
     from editor_core.arch import last_layer_modules
     from editor_core.train import TrainConfig
 
@@ -132,17 +153,25 @@ def _trial_config(trial: Any, lm: Any, layers: int, max_steps: int, seed: int, b
         rank=trial.suggest_categorical("rank", [8, 16, 32, 64]),
         modules=last_layer_modules(lm, trial.suggest_int("layers", 1, layers)),
         max_steps=max_steps, val_every=max_steps, seed=seed, batch_size=batch,
+        key_source="corpus" if protect else "edits",
+        key_shrinkage=trial.suggest_float("key_shrinkage", 1e-3, 0.3, log=True) if protect else 0.1,
+        live_weight=1.0 if live_history else 0.0, live_history=live_history,
+        batch_sizes=tuple(sorted({1, 4, batch})) if live_history else None,
     )
 
 
-def _train_and_measure(lm: Any, tok: Any, train: list, dev: list, cfg: Any, out: Path, batch_size: int) -> dict:
+def _train_and_measure(lm: Any, tok: Any, train: list, dev: list, cfg: Any, out: Path, batch_size: int,
+                       preserve: list | None = None, live: int = 1) -> dict:
     from editor_core.evaluate import evaluate_editing
     from editor_core.train import meta_train
 
-    editor = meta_train(lm, tok, train, dev[: max(1, len(dev) // 2)], cfg, out, progress=False, resume=False)
-    report = evaluate_editing(lm, tok, editor.edit, dev, batch_size=min(batch_size, len(dev)), generation=False)
+    editor = meta_train(lm, tok, train, dev[: max(1, len(dev) // 2)], cfg, out, progress=False, resume=False,
+                        preserve=preserve)
+    n = min(batch_size, len(dev) // live)  # groups of ``live`` batches, each group all live when scored
+    report = evaluate_editing(lm, tok, editor.edit, dev, batch_size=n, sequential=live, generation=False,
+                              pass_live=live > 1)
     summary, timing = report["summary"], report["timing"]
-    per_fact = timing["edit_seconds_mean"] / max(1, min(batch_size, len(dev)))
+    per_fact = timing["edit_seconds_mean"] / max(1, n)
     return {**{m: float(summary.get(m) or 0.0) for m in METRICS}, "edit_s_per_fact": per_fact}
 
 
@@ -163,21 +192,25 @@ def choose(trials: list, targets: dict[str, float]) -> Any:
     return min(trials, key=lambda t: (shortfall(t), t.user_attrs["edit_s_per_fact"]))
 
 
-def _report(trials: list, frontier: list[int], chosen: Any, targets: dict[str, float], out: Path) -> None:
+def _report(trials: list, frontier: list[int], chosen: Any, targets: dict[str, float], out: Path,
+            conditions: dict) -> None:
     from rich.table import Table
 
     table = Table(title="smedit tune: trials on the dev split (* = on the frontier, > = chosen)")
-    for column in ("", "trial", "S", "reg", "rank", "layers", "es", "gs", "ls", "ms/fact"):
+    protect = "key_shrinkage" in chosen.params  # --preserve: the search's fifth setting
+    for column in ("", "trial", "S", "reg", "rank", "layers", *(["shrinkage"] if protect else []),
+                   "es", "gs", "ls", "ms/fact"):
         table.add_column(column)
     for t in sorted(trials, key=lambda t: -t.user_attrs["es"]):
         mark = (">" if t.number == chosen.number else "") + ("*" if t.number in frontier else "")
         a, p = t.user_attrs, t.params
         table.add_row(mark, str(t.number), str(p["n_steps"]), f"{p['reg_coef']:.2g}", str(p["rank"]), str(p["layers"]),
+                      *([f"{p['key_shrinkage']:.2g}"] if protect else []),
                       f"{a['es']:.3f}", f"{a['gs']:.3f}", f"{a['ls']:.3f}", f"{a['edit_s_per_fact'] * 1000:.1f}")
     console.print(table)
     met = all(chosen.user_attrs[m] >= v for m, v in targets.items())
     config = {**chosen.user_attrs["config"], "tuned": {
-        "trial": chosen.number, "targets": targets, "targets_met": met,
+        "trial": chosen.number, "targets": targets, "targets_met": met, **conditions,
         "dev": {m: chosen.user_attrs[m] for m in (*METRICS, "edit_s_per_fact")}}}
     (out / "editor_config.json").write_text(json.dumps(config, indent=2))
     rows = [{"trial": t.number, "params": t.params, **t.user_attrs, "frontier": t.number in frontier} for t in trials]
@@ -185,8 +218,9 @@ def _report(trials: list, frontier: list[int], chosen: Any, targets: dict[str, f
     plot = _plot(trials, frontier, chosen, out / "frontier.png")
     verdict = "meets every target" if met else "[yellow]meets no trial's targets: the closest is chosen[/yellow]"
     console.print(f"chosen: trial {chosen.number} ({verdict}); its editor: {out / 'trials' / str(chosen.number)}")
-    console.print(f"wrote {out / 'editor_config.json'} (smedit train-editor --config takes it), {out / 'trials.json'}"
-                  + (f", {plot}" if plot else ""))
+    takes = "smedit train-editor --config takes it" + (
+        f", with --preserve {conditions['preserve']}" if conditions.get("preserve") else "")
+    console.print(f"wrote {out / 'editor_config.json'} ({takes}), {out / 'trials.json'}" + (f", {plot}" if plot else ""))
 
 
 def _plot(trials: list, frontier: list[int], chosen: Any, path: Path) -> Optional[Path]:

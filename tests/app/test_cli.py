@@ -232,7 +232,25 @@ def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_take
     assert (saved["n_steps"], saved["rank"], saved["reg_coef"], saved["modules"]) == (
         config["n_steps"], config["rank"], config["reg_coef"], config["modules"])
     assert saved["max_steps"] == 1  # the flag, not the file's 2
+    # the protected recipe, measured as the service runs it: facts to keep, 2 batches live when scored
+    known = tmp_path / "known.jsonl"
+    known.write_text("\n".join(json.dumps({"prompt": p, "target": t}) for p, t in
+                               (("The sky is", "blue"), ("Snow is", "white"), ("Grass is", "green"))) + "\n")
+    protected = tmp_path / "protected"
+    result = runner.invoke(app, ["tune", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(protected),
+                                 "--device", "cpu", "--trials", "1", "--max-steps", "2", "--n-dev", "3",
+                                 "--batch-size", "1", "--max-layers", "1", "--preserve", str(known), "--live", "2",
+                                 "--budget", "10m"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    said = result.output.replace("\n", "")  # rich wraps long paths
+    assert "shrinkage" in said and "--preserve" in said and str(known) in said
+    chosen = json.loads((protected / "editor_config.json").read_text())
+    assert chosen["key_source"] == "corpus" and 1e-3 <= chosen["key_shrinkage"] <= 0.3
+    assert (chosen["live_weight"], chosen["live_history"]) == (1.0, 1)  # trained as if one batch of 1 were live
+    assert (chosen["tuned"]["preserve"], chosen["tuned"]["live"]) == (str(known), 2)
+    trained = json.loads((protected / "trials" / "0" / "editor.json").read_text())["train_config"]
+    assert trained["key_source"] == "corpus" and trained["live_weight"] == 1.0
     for bad, says in ((["--target", "es=2"], "--target"), (["--target", "speed=1"], "--target"),
-                      (["--budget", "soon"], "--budget")):
+                      (["--budget", "soon"], "--budget"), (["--live", "50"], "--live")):
         result = runner.invoke(app, base + bad, env={"COLUMNS": "200"})
         assert result.exit_code == 2 and says in result.output, result.output
