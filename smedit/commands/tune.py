@@ -11,8 +11,8 @@ are edited. No trial starts once ``--budget`` has passed (the running one finish
 the demo editor uses: each trial fits every edited module's key moment on those facts
 (``key_source="corpus"``) and the search adds the solve's key shrinkage. ``--live T`` measures
 each trial as a service would run it: T batches applied one after another, all live when scored,
-each solve protecting the earlier ones (``live_weight`` 1, trained as if ``T x batch`` edits were
-live, at batch sizes 1, 4 and ``--batch-size``); LS then counts the damage of all T batches.
+each solve protecting the earlier ones (``live_weight`` 1, trained as if ``(T - 1) x --batch-size``
+edits were live, at batch sizes 1, 4 and 16); LS then counts the damage of all T batches.
 
 The frontier (trials no other beats on ES, LS and cost at once) is printed and plotted; the chosen
 trial is the cheapest that meets every ``--target`` (or, when none does, the one closest to them).
@@ -97,6 +97,9 @@ def tune(
 
     requests = _load(data, fmt, limit or None)
     kept = _load(preserve, DataFormat.auto, None) if preserve else None
+    if kept is not None and not kept:
+        console.print(f"[red]error:[/red] --preserve {preserve} holds no facts (prompt + its answer) to protect")
+        raise typer.Exit(2)
     train, dev = split_by_subject(requests, [1 - dev_fraction, dev_fraction], seed=seed)
     if len(train) < 2 or not dev:
         console.print(f"[red]error:[/red] {data} has too few records to split ({len(train)} train, {len(dev)} dev)")

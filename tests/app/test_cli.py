@@ -237,6 +237,8 @@ def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_take
     known.write_text("\n".join(json.dumps({"prompt": p, "target": t}) for p, t in
                                (("The sky is", "blue"), ("Snow is", "white"), ("Grass is", "green"))) + "\n")
     protected = tmp_path / "protected"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
     result = runner.invoke(app, ["tune", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(protected),
                                  "--device", "cpu", "--trials", "1", "--max-steps", "2", "--n-dev", "3",
                                  "--batch-size", "1", "--max-layers", "1", "--preserve", str(known), "--live", "2",
@@ -251,6 +253,8 @@ def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_take
     trained = json.loads((protected / "trials" / "0" / "editor.json").read_text())["train_config"]
     assert trained["key_source"] == "corpus" and trained["live_weight"] == 1.0
     for bad, says in ((["--target", "es=2"], "--target"), (["--target", "speed=1"], "--target"),
-                      (["--budget", "soon"], "--budget"), (["--live", "50"], "--live")):
+                      (["--budget", "soon"], "--budget"), (["--live", "50"], "--live"),
+                      (["--preserve", str(tmp_path / "none.jsonl")], "none.jsonl"),
+                      (["--preserve", str(empty)], "holds no facts")):
         result = runner.invoke(app, base + bad, env={"COLUMNS": "200"})
         assert result.exit_code == 2 and says in result.output, result.output
