@@ -61,6 +61,13 @@ the edit (EasyEdit's score), with one ``portability_<kind>`` column per kind; ``
 floor. The base model is not taught these questions' facts, so they measure whether an edit carries
 over to what the model would have to infer.
 
+``--fractions 0.01 0.05 0.25 1`` is the low-data run on real data (the paper's central claim;
+``bench.lowdata`` is the demo's): every meta-trained method is trained on a seeded subsample of the
+train part (``editor_core.splits.subsample``: with one seed a smaller share is a subset of a larger
+one; the meta-training batch shrinks to a share smaller than 16) and evaluated on the same records;
+rows gain ``fraction`` and ``n_train``, the result name ends in ``_lowdata`` and the plot is the
+low-data curve. Methods that train nothing (no-edit, MEMIT) run once, at 100 %.
+
 Writes ``realdata_<name>.json`` and ``realdata_<name>_n<batch>.png``; ``<name>`` is ``<data><N>_<lm>``
 for the from-scratch base (``<data>``: ``cf``, ``zsre``, ``knowedit``, ``jsonl``),
 ``<data><N>_minilm_<lm>`` for MiniLM and the directory's name for ``--model-dir``.
@@ -87,6 +94,12 @@ COLUMNS = ["es", "es_first", "es_gen", "gs", "gs_first", "gs_gen", "ls", "spec",
 SPLIT_SEED = 0  # one train / dev / test partition of the records for every run
 DEFAULT_METHODS = ["no-edit", "MEMIT", "MALMEN S=1 KL", "SMEdit S=2 L2"]
 LM_VERSION = "1"  # bump when the corpus recipe changes
+LOWDATA_BATCH = 16  # TrainConfig's meta-training batch; a smaller share trains at its own size
+
+
+def trains_nothing(method: str) -> bool:
+    """Methods without meta-training: the same at every share of the training data."""
+    return method == "no-edit" or method.split(" ")[0] in ("MEMIT", "FT-L", "untrained")
 
 
 def lm_presets():
@@ -304,6 +317,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--unseen-paraphrases", action="store_true",
                         help="do not teach the base model the dev and test records' paraphrases: GS then asks phrasings "
                              "never used in pretraining nor meta-training, and gs_ceiling (in the JSON) is its ceiling")
+    parser.add_argument("--fractions", type=float, nargs="+", default=None, metavar="F",
+                        help="low data: meta-train on these shares of the train records, e.g. 0.01 0.05 0.25 1")
     parser.add_argument("--no-generation", action="store_true", help="skip greedy decoding (es_gen, gs_gen)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true",
@@ -316,11 +331,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         parser.error("--minilm-dir and --full-vocab go with --base minilm")
     if args.unseen_paraphrases and args.model_dir is not None:
         parser.error("--unseen-paraphrases decides what a built base model is taught; --model-dir brings its own")
+    if args.fractions is not None and any(not 0 < f <= 1 for f in args.fractions):
+        parser.error("--fractions must be shares in (0, 1], e.g. 0.05 0.25 1")
+    fractions = sorted(set(args.fractions or [1.0]))
 
     from bench.quality import effective_batch, make_method, summarise, wants_live
     from editor_core.arch import last_layer_modules, layer_count
     from editor_core.data import DataFormatError, load_edits
-    from editor_core.splits import split_by_subject
+    from editor_core.splits import split_by_subject, subsample
     from editor_core.evaluate import evaluate_editing
     from editor_core.models import load_model
 
@@ -396,21 +414,30 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         else:
             ceilings.append(knowledge(model, tok, evaluation, [])["paraphrase"])
         extra = {"data": args.data.name, "n_records": len(records), "split": f"subject/{SPLIT_SEED}"}
-        for method in args.methods:
-            edit_fn = make_method(method, model, tok, train, val, max_steps=args.max_steps, seed=seed,
+        for method, fraction in ((m, f) for m in args.methods for f in fractions
+                                 if f == 1.0 or not trains_nothing(m)):
+            share = subsample(train, fraction, seed=seed)
+            train_batch = min(LOWDATA_BATCH, len(share))
+            edit_fn = make_method(method, model, tok, share, val, max_steps=args.max_steps, seed=seed,
                                   modules=modules, cache=results_dir() / "editors" / "realdata",
-                                  tag=model_tag(model_dir), extra=extra, preserve=preserve)
+                                  tag=model_tag(model_dir), preserve=preserve,
+                                  extra={**extra, "fraction": fraction} if fraction < 1 else extra,
+                                  batch_size=None if train_batch == LOWDATA_BATCH else train_batch)
             for n in args.batch_sizes:
                 n_eff = effective_batch(n, len(evaluation))
                 t_eff = max(1, min(args.sequential, len(evaluation) // n_eff))
                 report = evaluate_editing(model, tok, edit_fn, evaluation[: n_eff * t_eff] if args.sequential > 1 else evaluation,
                                           batch_size=n_eff, sequential=t_eff, generation=not args.no_generation,
                                           progress=True, pass_live=wants_live(edit_fn))
-                entry = results.setdefault(f"{method}|{n}", {"method": method, "batch": n, "batch_effective": n_eff,
-                                                            "sequential": t_eff})
+                entry = results.setdefault(f"{method}|{n}|{fraction}", {
+                    "method": method, "batch": n, "batch_effective": n_eff, "sequential": t_eff,
+                    **({"fraction": fraction, "n_train": len(share), "train_batch": train_batch}
+                       if args.fractions else {})})
                 entry.setdefault("runs", []).append({"seed": seed, **{k: report["summary"].get(k) for k in columns},
                                                      "edit_s": report["timing"]["edit_seconds_mean"]})
-    rows = [[e["method"], e["batch"]] + row for e, row in zip(results.values(), summarise(results, columns))]
+    lowdata = args.fractions is not None
+    rows = [[e["method"], e["batch"], *([f"{100 * e['fraction']:g}%", e["n_train"]] if lowdata else [])] + row
+            for e, row in zip(results.values(), summarise(results, columns))]
     known = [c for c in ceilings if c is not None]
     ceiling = statistics.mean(known) if known else None
     if ceiling is not None:
@@ -419,10 +446,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
               f"(per seed {', '.join(f'{c:.3f}' for c in known)})")
     print_table(f"real-data edits, {name}, {len(records)} records, {args.split} split, seeds {args.seeds}, "
                 f"T={args.sequential}",
-                ["method", "n"] + columns, rows)
-    from bench.plots import plot_quality
+                ["method", "n", *(["data", "train records"] if lowdata else [])] + columns, rows)
+    from bench.plots import plot_lowdata, plot_quality
 
-    suffix = ("_dev" if args.split == "dev" else "") + ("_preservetrain" if args.preserve == "train" else "")
+    suffix = ("_dev" if args.split == "dev" else "") + ("_preservetrain" if args.preserve == "train" else "") + (
+        "_lowdata" if lowdata else "")
     path, _ = write_with_plots(f"realdata_{name}{suffix}", {
         "split": args.split, "preserve": args.preserve, "preserve_facts": len(preserve), "split_sizes": {"train": len(train), "dev": len(val), "test": len(test)},
         "dataset": f"{dataset} {args.data.name}", "data": str(args.data), "n_records": len(records),
@@ -432,8 +460,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         {k: v for k, v in pre_stats.items() if k not in ("history",)},
         "base_model": base, "paraphrases": "untaught" if untaught else "taught",
         "gs_ceiling": {"mean": ceiling, "per_seed": ceilings}, "seeds": args.seeds, "sequential": args.sequential, "max_steps": args.max_steps, "n_eval": args.n_eval,
+        "fractions": args.fractions, "size": name,
         "seconds": round(time.perf_counter() - started, 1), "results": list(results.values()),
-    }, plot_quality)
+    }, plot_lowdata if lowdata else plot_quality)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(path.read_text())

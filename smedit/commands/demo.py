@@ -73,3 +73,38 @@ def build(
         table.add_row(f"accuracy: {name}", f"{value:.1%}")
     table.add_row("this command", f"{seconds:.1f} s" + (" (cached build reused)" if cached else ""))
     console.print(table)
+
+
+@demo_app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", help="Directory for edits.jsonl and known.jsonl."),
+    data_dir: Path = typer.Option(
+        Path("data"), "--data-dir", envvar="SMEDIT_DATA_DIR", help="Data directory holding DATA_DIR/demo/SIZE.",
+    ),
+    size: DemoSizeName = typer.Option(DemoSizeName.small, "--size", help="The built demo to read."),
+    seed: int = typer.Option(0, "--seed", help="The seed the demo was built with."),
+) -> None:
+    """Write a built demo's editor-training edits and the facts its model knows, as JSON Lines.
+
+    ``edits.jsonl`` holds the train entities' edits the demo editors are meta-trained and validated
+    on (never an eval or locality entity: test stays untouched); ``known.jsonl`` the facts the
+    SMEdit editor protects (a seeded sample of the pretraining corpus). Together they are what
+    ``smedit tune --data edits.jsonl --preserve known.jsonl`` needs to re-choose the demo editor.
+    """
+    from demo_world.build import demo_paths, editor_requests, preservation_requests, DEMO_SIZES
+    from demo_world.world import World
+    from editor_core.data import save_jsonl
+
+    paths = demo_paths(data_dir, size.value)
+    if not paths.world_json.is_file():
+        Console(stderr=True).print(f"[red]error:[/red] no {size.value} demo in {paths.root}: "
+                                   f"run smedit demo build --size {size.value} first")
+        raise typer.Exit(2)
+    world = World.load(paths.world_json)
+    train, val = editor_requests(world, DEMO_SIZES[size.value], seed)
+    known = preservation_requests(world, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_jsonl(train + val, out / "edits.jsonl")
+    save_jsonl(known, out / "known.jsonl")
+    Console().print(f"wrote {out / 'edits.jsonl'} ({len(train) + len(val)} edits of train entities) and "
+                    f"{out / 'known.jsonl'} ({len(known)} known facts)")

@@ -14,6 +14,13 @@ each trial as a service would run it: T batches applied one after another, all l
 each solve protecting the earlier ones (``live_weight`` 1, trained as if ``(T - 1) x --batch-size``
 edits were live, at batch sizes 1, 4 and 16); LS then counts the damage of all T batches.
 
+``--l2-metric`` picks the shift's L2 norm: ``frobenius`` (the paper's plain norm, the default),
+``locality`` (the norm plus the output change on the edits' locality probes, whose weight the search
+adds; needs probes with answers in ``--data``) or ``search`` (the metric is searched too).
+``--enqueue FILE`` measures a known recipe first, under the same conditions as every other trial:
+an ``editor_config.json`` of an earlier tune, or a trained editor's ``editor.json`` (its
+``train_config``), so the frontier shows where the editor you run today stands.
+
 The frontier (trials no other beats on ES, LS and cost at once) is printed and plotted; the chosen
 trial is the cheapest that meets every ``--target`` (or, when none does, the one closest to them).
 Its settings go to ``<out>/editor_config.json``, which ``smedit train-editor --config`` takes (to
@@ -35,6 +42,9 @@ import typer
 from smedit.commands.core import DataFormat, _load, console
 
 METRICS = ("es", "gs", "ls")
+L2_CHOICES = ("frobenius", "locality", "search")
+RANKS = (8, 16, 32, 64)
+MAX_S = 3
 
 
 def parse_budget(text: str) -> float:
@@ -79,6 +89,11 @@ def tune(
                                  "(key_source=corpus) and the search adds the key shrinkage."),
     live: int = typer.Option(1, "--live", min=1, help="Batches applied one after another and scored all live "
                                                        "(>1: each solve protects the earlier batches)."),
+    l2_metric: str = typer.Option("frobenius", "--l2-metric", help="The shift's L2 norm: frobenius (the paper's), "
+                                  "locality (adds the locality weight to the search) or search (both)."),
+    enqueue: Optional[Path] = typer.Option(
+        None, "--enqueue", help="Measure this recipe first (an editor_config.json, or a trained editor's "
+                                "editor.json), so the frontier shows where it stands."),
     limit: int = typer.Option(0, "--limit", help="Use only the first N records (0 = all)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -86,6 +101,8 @@ def tune(
     """Search S, the L2 coefficient, the rank and the edited layers on a dev split; print the frontier."""
     seconds = parse_budget(budget)
     targets = parse_targets(target)
+    if l2_metric not in L2_CHOICES:
+        raise typer.BadParameter(f"{l2_metric!r}: use one of {', '.join(L2_CHOICES)}", param_hint="--l2-metric")
     try:
         import optuna
     except ImportError:
@@ -109,19 +126,34 @@ def tune(
         console.print(f"[red]error:[/red] --live {live} needs at least {live} dev edits (one batch each); "
                       f"the dev split has {len(dev)}: lower --live or raise --n-dev / --dev-fraction")
         raise typer.Exit(2)
+    if l2_metric != "frobenius" and not all(r.locality and all(p.answer for p in r.locality) for r in train):
+        console.print(f"[red]error:[/red] --l2-metric {l2_metric} needs locality probes with answers in every "
+                      f"record of {data} (the norm measures the output change on them)")
+        raise typer.Exit(2)
     lm, tok = load_model(model, device=device)
     layers = min(max_layers, layer_count(lm))
+    space = SearchSpace(layers=layers, protect=kept is not None, l2_metric=l2_metric)
+    first = None
+    if enqueue is not None:
+        try:
+            first = space.params_of(_recipe(enqueue), lm)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] --enqueue {enqueue}: {exc}")
+            raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"tuning on {len(train)} train / {len(dev)} dev edits (split by subject, seed {seed}); "
                   f"budget {seconds:.0f} s, targets {targets or 'none'}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "maximize", "minimize"],
                                 sampler=optuna.samplers.TPESampler(seed=seed))
+    if first is not None:
+        study.enqueue_trial(first)
+        console.print(f"trial 0 is the recipe of {enqueue}: {first}")
     started = time.monotonic()
 
     def objective(trial: Any) -> tuple[float, float, float]:
-        cfg = _trial_config(trial, lm, layers, max_steps, seed, batch=min(16, len(train)), protect=kept is not None,
-                            live_history=(live - 1) * batch_size)
+        cfg = space.config(trial, lm, max_steps, seed, batch=min(16, len(train)),
+                           live_history=(live - 1) * batch_size)
         scores = _train_and_measure(lm, tok, train, dev, cfg, out / "trials" / str(trial.number), batch_size,
                                     kept, live)
         for key, value in scores.items():
@@ -129,7 +161,10 @@ def tune(
         trial.set_user_attr("config", _config_json(cfg))
         console.print(f"trial {trial.number}: S={cfg.n_steps} reg={cfg.reg_coef:.2g} rank={cfg.rank} "
                       f"layers={len(cfg.modules or [])}"
-                      + (f" shrinkage={cfg.key_shrinkage:.2g}" if kept is not None else "") + f" -> es {scores['es']:.3f} gs {scores['gs']:.3f} "
+                      + (f" shrinkage={cfg.key_shrinkage:.2g}" if kept is not None else "")
+                      + (f" norm={cfg.l2_metric}" + (f"({cfg.locality_weight:.2g})" if cfg.l2_metric == "locality"
+                                                     else "") if l2_metric != "frobenius" else "")
+                      + f" -> es {scores['es']:.3f} gs {scores['gs']:.3f} "
                       f"ls {scores['ls']:.3f}, {scores['edit_s_per_fact'] * 1000:.1f} ms/fact "
                       f"({time.monotonic() - started:.0f} s of {seconds:.0f})")
         return scores["es"], scores["ls"], scores["edit_s_per_fact"]
@@ -141,26 +176,92 @@ def tune(
         raise typer.Exit(1)
     frontier = sorted({t.number for t in study.best_trials})
     chosen = choose(done, targets)
-    _report(done, frontier, chosen, targets, out, {"preserve": str(preserve) if preserve else None, "live": live})
+    _report(done, frontier, chosen, targets, out, {"preserve": str(preserve) if preserve else None, "live": live,
+                                                   "enqueued": str(enqueue) if enqueue else None})
 
 
-def _trial_config(trial: Any, lm: Any, layers: int, max_steps: int, seed: int, batch: int,
-                  protect: bool = False, live_history: int = 0):
-    from editor_core.arch import last_layer_modules
-    from editor_core.train import TrainConfig
+class SearchSpace:
+    """What a trial may set, and the TrainConfig it trains; one place for the ranges, so a recipe
+    given with ``--enqueue`` is checked against the same ranges the sampler draws from."""
 
-    return TrainConfig(
-        n_steps=trial.suggest_int("n_steps", 1, 3),
-        reg="l2",
-        reg_coef=trial.suggest_float("reg_coef", 1e-5, 1e-1, log=True),
-        rank=trial.suggest_categorical("rank", [8, 16, 32, 64]),
-        modules=last_layer_modules(lm, trial.suggest_int("layers", 1, layers)),
-        max_steps=max_steps, val_every=max_steps, seed=seed, batch_size=batch,
-        key_source="corpus" if protect else "edits",
-        key_shrinkage=trial.suggest_float("key_shrinkage", 1e-3, 0.3, log=True) if protect else 0.1,
-        live_weight=1.0 if live_history else 0.0, live_history=live_history,
-        batch_sizes=tuple(sorted({1, 4, batch})) if live_history else None,
-    )
+    REG = (1e-5, 1e-1)
+    SHRINKAGE = (1e-3, 0.3)
+    LOCALITY_WEIGHT = (0.1, 0.95)
+
+    def __init__(self, layers: int, protect: bool, l2_metric: str) -> None:
+        self.layers, self.protect, self.l2_metric = layers, protect, l2_metric
+
+    def config(self, trial: Any, lm: Any, max_steps: int, seed: int, batch: int, live_history: int = 0):
+        from editor_core.arch import last_layer_modules
+        from editor_core.train import TrainConfig
+
+        metric = (trial.suggest_categorical("l2_metric", ["frobenius", "locality"]) if self.l2_metric == "search"
+                  else self.l2_metric)
+        return TrainConfig(
+            n_steps=trial.suggest_int("n_steps", 1, MAX_S),
+            reg="l2",
+            reg_coef=trial.suggest_float("reg_coef", *self.REG, log=True),
+            rank=trial.suggest_categorical("rank", list(RANKS)),
+            modules=last_layer_modules(lm, trial.suggest_int("layers", 1, self.layers)),
+            l2_metric=metric,
+            locality_weight=trial.suggest_float("locality_weight", *self.LOCALITY_WEIGHT)
+            if metric == "locality" else 0.5,
+            max_steps=max_steps, val_every=max_steps, seed=seed, batch_size=batch,
+            key_source="corpus" if self.protect else "edits",
+            key_shrinkage=trial.suggest_float("key_shrinkage", *self.SHRINKAGE, log=True) if self.protect else 0.1,
+            live_weight=1.0 if live_history else 0.0, live_history=live_history,
+            batch_sizes=tuple(sorted({1, 4, batch})) if live_history else None,
+        )
+
+    def params_of(self, recipe: dict, lm: Any) -> dict:
+        """The trial parameters that reproduce ``recipe`` (TrainConfig fields); ValueError names
+        the first setting this search cannot express."""
+        from editor_core.arch import default_modules, last_layer_modules
+
+        def within(name: str, value: Any, low: float, high: float) -> Any:
+            if not low <= value <= high:
+                raise ValueError(f"{name} {value} is outside the search's range [{low:g}, {high:g}]")
+            return value
+
+        if recipe.get("reg", "l2") != "l2":
+            raise ValueError(f"reg {recipe['reg']!r}: tune searches the L2 regulariser only")
+        modules = recipe.get("modules") or default_modules(lm)
+        n_layers = len(modules)
+        if n_layers > self.layers or modules != last_layer_modules(lm, n_layers):
+            raise ValueError(f"modules {modules}: tune searches the MLP outputs of the last 1..{self.layers} layers")
+        if recipe.get("rank", 64) not in RANKS:
+            raise ValueError(f"rank {recipe['rank']} is not one of {list(RANKS)}")
+        params = {"n_steps": within("n_steps", recipe.get("n_steps", 2), 1, MAX_S),
+                  "reg_coef": within("reg_coef", recipe.get("reg_coef", 1e-3), *self.REG),
+                  "rank": recipe.get("rank", 64), "layers": n_layers}
+        metric = recipe.get("l2_metric", "frobenius")
+        if self.l2_metric == "search":
+            params["l2_metric"] = metric
+        elif metric != self.l2_metric:
+            raise ValueError(f"l2_metric {metric!r} is outside the search (--l2-metric {self.l2_metric}); "
+                             f"pass --l2-metric {metric} or search")
+        if metric == "locality":
+            params["locality_weight"] = within("locality_weight", recipe.get("locality_weight", 0.5),
+                                               *self.LOCALITY_WEIGHT)
+        if (recipe.get("key_source") == "corpus") != self.protect:
+            raise ValueError("the recipe protects a corpus (key_source corpus) and the search does not, or the "
+                             "other way round: pass --preserve exactly when the recipe has key_source corpus")
+        if self.protect:
+            params["key_shrinkage"] = within("key_shrinkage", recipe.get("key_shrinkage", 0.1), *self.SHRINKAGE)
+        return params
+
+
+def _recipe(path: Path) -> dict:
+    """TrainConfig fields from an editor_config.json or a trained editor's editor.json."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    if isinstance(values, dict) and isinstance(values.get("train_config"), dict):
+        values = values["train_config"]
+    if not isinstance(values, dict) or "n_steps" not in values:
+        raise ValueError("expected an editor_config.json (smedit tune) or an editor.json with a train_config")
+    return values
 
 
 def _train_and_measure(lm: Any, tok: Any, train: list, dev: list, cfg: Any, out: Path, batch_size: int,

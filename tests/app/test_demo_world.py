@@ -115,3 +115,31 @@ def test_canary_failure_of_a_batch_is_split_until_the_culprit_is_alone(tiny_demo
 
 def replace_settings(settings, **changes):
     return settings.model_copy(update=changes)
+
+
+def test_demo_export_writes_the_editor_training_edits_and_the_known_facts_only(tiny_demo, tmp_path: Path) -> None:
+    """What ``smedit tune`` needs to re-choose the demo editor: train entities' edits (no eval or
+    locality entity ever), and the facts the SMEdit editor protects, exactly as the build uses them."""
+    from typer.testing import CliRunner
+
+    from demo_world.build import DEMO_SIZES, editor_requests, preservation_requests
+    from editor_core.data import load_edits
+    from smedit.cli import app
+
+    data_dir = tiny_demo.root.parent.parent
+    out = tmp_path / "export"
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", "export", "--data-dir", str(data_dir), "--size", "tiny", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    world = tiny_demo.load_world()
+    train, val = editor_requests(world, DEMO_SIZES["tiny"], 0)
+    edits = load_edits(out / "edits.jsonl")
+    assert [(r.prompt, r.target, r.paraphrases, r.locality) for r in edits] == [
+        (r.prompt, r.target, r.paraphrases, r.locality) for r in train + val]
+    assert {r.subject for r in edits} <= set(world.splits["train"])
+    known = load_edits(out / "known.jsonl")
+    assert [(r.prompt, r.target) for r in known] == [(r.prompt, r.target) for r in preservation_requests(world, 0)]
+    missing = runner.invoke(app, ["demo", "export", "--data-dir", str(tmp_path / "nothing"), "--size", "tiny",
+                                  "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "smedit demo build --size tiny" in missing.output
+    assert not (tmp_path / "x").exists()

@@ -240,6 +240,34 @@ def test_realdata_suite_edits_a_given_model_dir(tiny_setup, results, tmp_path):
     assert not (results / "realdata").exists()  # nothing was built
 
 
+def test_realdata_low_data_trains_each_method_on_nested_shares_of_the_train_records(tiny_setup, results, tmp_path,
+                                                                                     capsys):
+    from bench.realdata import main
+
+    model, tok, world = tiny_setup
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    data = _counterfact_file(world, tmp_path / "cf.json")
+    main(["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--n-records", "30", "--max-steps", "2",
+          "--n-eval", "4", "--batch-sizes", "2", "--no-generation", "--fractions", "0.2", "1",
+          "--methods", "no-edit", "SMEdit S=1 L2"])
+    out = _load(results / "realdata_lm_lowdata.json")
+    rows = {(r["method"], r["fraction"]): r for r in out["results"]}
+    # no-edit trains nothing: once, at the full share; the meta-trained method at every share
+    assert set(rows) == {("no-edit", 1.0), ("SMEdit S=1 L2", 0.2), ("SMEdit S=1 L2", 1.0)}
+    small, full = rows[("SMEdit S=1 L2", 0.2)], rows[("SMEdit S=1 L2", 1.0)]
+    assert 0 < small["n_train"] < full["n_train"] == out["split_sizes"]["train"]
+    assert small["train_batch"] == min(16, small["n_train"])
+    trained = [json.loads(p.read_text())["train_config"]
+               for p in (results / "editors" / "realdata").glob("*/editor.json")]
+    assert sorted(c["batch_size"] for c in trained) == sorted({small["train_batch"], full["train_batch"]})
+    assert (results / "realdata_lm_lowdata_curve.png").stat().st_size > 0
+    assert "train records" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--fractions", "0", "1"])
+    assert "--fractions" in capsys.readouterr().err
+
+
 def test_realdata_suite_takes_zsre_mend_data(tiny_setup, results, tmp_path):
     from bench.realdata import main
 
