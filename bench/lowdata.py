@@ -12,7 +12,8 @@ is the quality suite's own editor (same data, same key).
 
 Columns as in ``bench.quality``. Writes ``lowdata_<size>.json`` and ``lowdata_<size>_curve.png``.
 
-Seeds run in separate processes (or machines) pool with ``--merge A.json B.json ...``: nothing is
+Seeds run in separate processes (or machines) pool with ``--merge A.json B.json ...`` (also the
+low-data files of ``bench.realdata --fractions``, with their own columns): nothing is
 trained; the runs are joined per (method, fraction) and the table, mean, std and ci95 are those of
 one run over all their seeds (written as ``lowdata_<size>_merged.json``). Files must agree on the
 size, steps and evaluation edits; a seed present in two files is refused.
@@ -96,14 +97,22 @@ def merge_results(payloads: list[dict]) -> dict:
             "merged_from": len(payloads), "results": results}
 
 
+RUN_KEYS = ("seed", "edit_s", "train_or_load_s")  # a run's entries that are not metric columns
+
+
 def report(payload: dict, results: dict, name: str) -> None:
-    """Print the table and write the JSON (the runs with their mean/std/ci95) and the curve."""
+    """Print the table and write the JSON (the runs with their mean/std/ci95) and the curve.
+
+    The columns are the metrics the runs carry: this suite's, or ``bench.realdata --fractions``'
+    (whose low-data files pool here too)."""
     from bench.plots import plot_lowdata
 
+    first = next(iter(results.values()))["runs"][0]
+    columns = [k for k in first if k not in RUN_KEYS]
     rows = [[e["method"], f"{100 * e['fraction']:g}%", e["n_train"]] + row
-            for e, row in zip(results.values(), summarise(results, COLUMNS))]
-    print_table(f"low-data meta-training, demo '{payload['size']}', seeds {payload['seeds']}, "
-                f"{payload['max_steps']} steps", ["method", "data", "train edits"] + COLUMNS, rows)
+            for e, row in zip(results.values(), summarise(results, columns))]
+    print_table(f"low-data meta-training, {payload['size']}, seeds {payload['seeds']}, "
+                f"{payload['max_steps']} steps", ["method", "data", "train edits"] + columns, rows)
     write_with_plots(name, {**payload, "results": list(results.values())}, plot_lowdata)
 
 

@@ -76,7 +76,9 @@ DEMO_SIZES: dict[str, DemoSize] = {
     # plain norm at reg 1e-3 gave .91 / .90 / .99 / .98 (key shrinkage 0.1, old calibration)
     # The SMEdit editor protects what the model knows and the live edits (bench.lifelong, chosen on
     # the dev split: S=3, corpus key moments with shrinkage 0.005, live weight 1, trained as if
-    # 128 edits were live, 400 steps); the fields before editor_preserve are the unprotected
+    # 128 edits were live, 400 steps), confirmed by `smedit tune` on the same dev split (2026-12-08:
+    # 54 trials, this recipe closest to ES .93 / GS .90 / LS .97 at 128 live edits; bench/README.md,
+    # "The demo editor, chosen by smedit tune"); the fields before editor_preserve are the unprotected
     # recipe (the lifelong bench's "stacking" reference, and what the MALMEN editor shares).
     "small": DemoSize(n_products=300, pretrain=PretrainConfig.preset("small"), editor_reg=5e-4,
                       editor_l2_metric="locality", editor_locality_weight=0.9, editor_key_shrinkage=0.03,

@@ -302,16 +302,19 @@ def _report(trials: list, frontier: list[int], chosen: Any, targets: dict[str, f
 
     table = Table(title="smedit tune: trials on the dev split (* = on the frontier, > = chosen)")
     protect = "key_shrinkage" in chosen.params  # --preserve: the search's fifth setting
+    norm = any(t.user_attrs["config"]["l2_metric"] != "frobenius" for t in trials)
     for column in ("", "trial", "S", "reg", "rank", "layers", *(["shrinkage"] if protect else []),
-                   "es", "gs", "ls", "ms/fact"):
-        table.add_column(column)
+                   *(["norm"] if norm else []), "es", "gs", "ls", "ms/fact"):
+        table.add_column(column, no_wrap=True)
     for t in sorted(trials, key=lambda t: -t.user_attrs["es"]):
         mark = (">" if t.number == chosen.number else "") + ("*" if t.number in frontier else "")
-        a, p = t.user_attrs, t.params
-        table.add_row(mark, str(t.number), str(p["n_steps"]), f"{p['reg_coef']:.2g}", str(p["rank"]), str(p["layers"]),
-                      *([f"{p['key_shrinkage']:.2g}"] if protect else []),
+        a, p, cfg = t.user_attrs, t.params, t.user_attrs["config"]
+        table.add_row(mark, str(t.number), str(p["n_steps"]), f"{p['reg_coef']:.1e}", str(p["rank"]), str(p["layers"]),
+                      *([f"{p['key_shrinkage']:.1e}"] if protect else []),
+                      *([cfg["l2_metric"] + (f" {cfg['locality_weight']:.2f}" if cfg["l2_metric"] == "locality"
+                                             else "")] if norm else []),
                       f"{a['es']:.3f}", f"{a['gs']:.3f}", f"{a['ls']:.3f}", f"{a['edit_s_per_fact'] * 1000:.1f}")
-    console.print(table)
+    console.print(table, width=max(console.width, 120))  # numbers cut to "0.00…" are worse than a wide line
     met = all(chosen.user_attrs[m] >= v for m, v in targets.items())
     config = {**chosen.user_attrs["config"], "tuned": {
         "trial": chosen.number, "targets": targets, "targets_met": met, **conditions,
@@ -320,7 +323,7 @@ def _report(trials: list, frontier: list[int], chosen: Any, targets: dict[str, f
     rows = [{"trial": t.number, "params": t.params, **t.user_attrs, "frontier": t.number in frontier} for t in trials]
     (out / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     plot = _plot(trials, frontier, chosen, out / "frontier.png")
-    verdict = "meets every target" if met else "[yellow]meets no trial's targets: the closest is chosen[/yellow]"
+    verdict = "meets every target" if met else "[yellow]no trial meets every target: the closest is chosen[/yellow]"
     console.print(f"chosen: trial {chosen.number} ({verdict}); its editor: {out / 'trials' / str(chosen.number)}")
     takes = "smedit train-editor --config takes it" + (
         f", with --preserve {conditions['preserve']}" if conditions.get("preserve") else "")

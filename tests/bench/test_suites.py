@@ -263,6 +263,18 @@ def test_realdata_low_data_trains_each_method_on_nested_shares_of_the_train_reco
     assert sorted(c["batch_size"] for c in trained) == sorted({small["train_batch"], full["train_batch"]})
     assert (results / "realdata_lm_lowdata_curve.png").stat().st_size > 0
     assert "train records" in capsys.readouterr().out
+    # seeds run apart pool with bench.lowdata --merge, real-data columns kept
+    args = ["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--n-records", "30", "--max-steps", "2",
+            "--n-eval", "4", "--batch-sizes", "2", "--no-generation", "--fractions", "0.2", "1", "--methods",
+            "SMEdit S=1 L2"]
+    main(args + ["--seeds", "0", "--json", str(tmp_path / "s0.json")])
+    main(args + ["--seeds", "1", "--json", str(tmp_path / "s1.json")])
+    from bench.lowdata import main as lowdata_main
+
+    lowdata_main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json")])
+    pooled = _load(results / "lowdata_lm_merged.json")
+    assert pooled["seeds"] == [0, 1]
+    assert all(len(r["runs"]) == 2 and {"spec", "cf_efficacy"} <= set(r["mean"]) for r in pooled["results"])
     with pytest.raises(SystemExit):
         main(["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--fractions", "0", "1"])
     assert "--fractions" in capsys.readouterr().err
