@@ -63,7 +63,8 @@ def run_lowdata(model, tok, train, val, evaluation, fractions: list[float], meth
     return results
 
 
-MERGE_KEYS = ("size", "max_steps", "n_eval", "generation")  # what must agree for runs to pool
+# what must agree for runs to pool (the last four: bench.realdata --fractions files; absent in the demo's)
+MERGE_KEYS = ("size", "max_steps", "n_eval", "generation", "split", "preserve", "data", "sequential")
 ENTRY_KEYS = ("n_train", "train_batch", "batch")  # and per (method, fraction)
 
 
@@ -72,6 +73,9 @@ def merge_results(payloads: list[dict]) -> dict:
     runs that cannot pool (other settings, or one seed twice)."""
     if not all(isinstance(p, dict) and "results" in p for p in payloads):
         raise ValueError("not a bench.lowdata result file (bench/results/lowdata_<size>.json)")
+    if not all("fraction" in e for p in payloads for e in p["results"]):
+        raise ValueError("not a low-data result file: its rows have no fraction (bench.realdata writes them "
+                         "with --fractions)")
     first = payloads[0]
     for other in payloads[1:]:
         for key in MERGE_KEYS:

@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.fractions is not None and any(not 0 < f <= 1 for f in args.fractions):
         parser.error("--fractions must be shares in (0, 1], e.g. 0.05 0.25 1")
     fractions = sorted(set(args.fractions or [1.0]))
+    if args.fractions is not None and len(args.batch_sizes) > 1:
+        parser.error("--fractions compares shares of the training data at one edit batch: give one --batch-sizes")
 
     from bench.quality import effective_batch, make_method, summarise, wants_live
     from editor_core.arch import last_layer_modules, layer_count
@@ -414,8 +416,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         else:
             ceilings.append(knowledge(model, tok, evaluation, [])["paraphrase"])
         extra = {"data": args.data.name, "n_records": len(records), "split": f"subject/{SPLIT_SEED}"}
-        for method, fraction in ((m, f) for m in args.methods for f in fractions
-                                 if f == 1.0 or not trains_nothing(m)):
+        for method, fraction in ((m, f) for m in args.methods for f in ([1.0] if trains_nothing(m) else fractions)):
             share = subsample(train, fraction, seed=seed)
             train_batch = min(LOWDATA_BATCH, len(share))
             edit_fn = make_method(method, model, tok, share, val, max_steps=args.max_steps, seed=seed,

@@ -216,7 +216,8 @@ class SearchSpace:
     def params_of(self, recipe: dict, lm: Any) -> dict:
         """The trial parameters that reproduce ``recipe`` (TrainConfig fields); ValueError names
         the first setting this search cannot express."""
-        from editor_core.arch import default_modules, last_layer_modules
+        from editor_core.arch import last_layer_modules, paper_modules
+        from editor_core.train_config import TrainConfig
 
         def within(name: str, value: Any, low: float, high: float) -> Any:
             if not low <= value <= high:
@@ -225,16 +226,32 @@ class SearchSpace:
 
         if recipe.get("reg", "l2") != "l2":
             raise ValueError(f"reg {recipe['reg']!r}: tune searches the L2 regulariser only")
-        modules = recipe.get("modules") or default_modules(lm)
+        if recipe.get("key_source") == "corpus" and not self.protect:
+            raise ValueError("the recipe protects what the model knows (key_source corpus): pass --preserve FILE "
+                             "(the facts it was trained to protect) to search the protected recipe")
+        if recipe.get("key_source") != "corpus" and self.protect:
+            raise ValueError("the recipe protects nothing (key_source edits) while --preserve searches the "
+                             "protected recipe: drop --preserve to measure it")
+        defaults = TrainConfig()
+        fixed = {"precondition", "meta_lr", "init_lr", "n_blocks", "max_length"} | (
+            set() if self.protect else {"key_shrinkage"})
+        for name in sorted(fixed):  # what every trial trains with: a recipe that differs is not measured
+            if name in recipe and recipe[name] != getattr(defaults, name):
+                raise ValueError(f"{name} {recipe[name]!r} differs from the {getattr(defaults, name)!r} every trial "
+                                 "trains with (tune does not search it), so trial 0 would not be this recipe")
+        modules = recipe.get("modules") or paper_modules(lm)  # what the editor edits when none are named
         n_layers = len(modules)
         if n_layers > self.layers or modules != last_layer_modules(lm, n_layers):
-            raise ValueError(f"modules {modules}: tune searches the MLP outputs of the last 1..{self.layers} layers")
+            raise ValueError(f"modules {modules}: tune searches the MLP outputs of the last 1..{self.layers} layers "
+                             "(raise --max-layers if the recipe edits more of them)")
         if recipe.get("rank", 64) not in RANKS:
             raise ValueError(f"rank {recipe['rank']} is not one of {list(RANKS)}")
         params = {"n_steps": within("n_steps", recipe.get("n_steps", 2), 1, MAX_S),
                   "reg_coef": within("reg_coef", recipe.get("reg_coef", 1e-3), *self.REG),
                   "rank": recipe.get("rank", 64), "layers": n_layers}
         metric = recipe.get("l2_metric", "frobenius")
+        if metric not in ("frobenius", "locality"):
+            raise ValueError(f"l2_metric {metric!r}: tune searches the frobenius and locality norms only")
         if self.l2_metric == "search":
             params["l2_metric"] = metric
         elif metric != self.l2_metric:
@@ -243,9 +260,6 @@ class SearchSpace:
         if metric == "locality":
             params["locality_weight"] = within("locality_weight", recipe.get("locality_weight", 0.5),
                                                *self.LOCALITY_WEIGHT)
-        if (recipe.get("key_source") == "corpus") != self.protect:
-            raise ValueError("the recipe protects a corpus (key_source corpus) and the search does not, or the "
-                             "other way round: pass --preserve exactly when the recipe has key_source corpus")
         if self.protect:
             params["key_shrinkage"] = within("key_shrinkage", recipe.get("key_shrinkage", 0.1), *self.SHRINKAGE)
         return params

@@ -257,16 +257,21 @@ def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_take
     result = runner.invoke(app, ["tune", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(again),
                                  "--device", "cpu", "--trials", "2", "--max-steps", "2", "--n-dev", "3",
                                  "--batch-size", "2", "--max-layers", "2", "--l2-metric", "search",
-                                 "--enqueue", str(out / "editor_config.json"), "--budget", "10m"],
+                                 "--enqueue", str(editor / "editor.json"), "--budget", "10m"],
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     first, second = json.loads((again / "trials.json").read_text())
     assert first["params"] == {"n_steps": config["n_steps"], "reg_coef": config["reg_coef"], "rank": config["rank"],
                                "layers": len(config["modules"]), "l2_metric": "frobenius"}
-    assert first["config"]["modules"] == config["modules"]
+    assert first["config"]["modules"] == config["modules"]  # the trained editor's recipe, from its train_config
     assert second["config"]["l2_metric"] == second["params"]["l2_metric"]  # the sampler's draw is what trains
     if second["params"]["l2_metric"] == "locality":  # and the weight is searched with it
         assert second["config"]["locality_weight"] == second["params"]["locality_weight"]
+    def recipe(values: dict) -> Path:
+        path = tmp_path / f"recipe{len(list(tmp_path.glob('recipe*')))}.json"
+        path.write_text(json.dumps(values))
+        return path
+
     no_answers = tmp_path / "no_answers.jsonl"
     no_answers.write_text("\n".join(json.dumps({"prompt": p, "target": t, "subject": subj,
                                                 "locality": [{"prompt": "The sky is"}]})
@@ -277,7 +282,9 @@ def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_take
                       (["--preserve", str(empty)], "holds no facts"),
                       (["--l2-metric", "kl"], "--l2-metric"),
                       (["--data", str(no_answers), "--l2-metric", "locality"], "locality probes with answers"),
-                      (["--enqueue", str(protected / "editor_config.json")], "key_source corpus"),
-                      (["--enqueue", str(empty)], "--enqueue")):
+                      (["--enqueue", str(protected / "editor_config.json")], "pass --preserve"),
+                      (["--enqueue", str(empty)], "--enqueue"),
+                      (["--enqueue", str(recipe({"n_steps": 2, "l2_metric": "key"}))], "frobenius and locality"),
+                      (["--enqueue", str(recipe({"n_steps": 2, "meta_lr": 0.01}))], "meta_lr 0.01 differs")):
         result = runner.invoke(app, base + bad, env={"COLUMNS": "200"})
         assert result.exit_code == 2 and says in result.output, result.output

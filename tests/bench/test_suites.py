@@ -264,9 +264,11 @@ def test_realdata_low_data_trains_each_method_on_nested_shares_of_the_train_reco
     assert (results / "realdata_lm_lowdata_curve.png").stat().st_size > 0
     assert "train records" in capsys.readouterr().out
     # seeds run apart pool with bench.lowdata --merge, real-data columns kept
+    # seeds run apart pool with bench.lowdata --merge, real-data columns kept; no-edit runs at 100 %
+    # even when the shares asked for leave it out
     args = ["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--n-records", "30", "--max-steps", "2",
-            "--n-eval", "4", "--batch-sizes", "2", "--no-generation", "--fractions", "0.2", "1", "--methods",
-            "SMEdit S=1 L2"]
+            "--n-eval", "4", "--batch-sizes", "2", "--no-generation", "--fractions", "0.2", "0.5", "--methods",
+            "no-edit", "SMEdit S=1 L2"]
     main(args + ["--seeds", "0", "--json", str(tmp_path / "s0.json")])
     main(args + ["--seeds", "1", "--json", str(tmp_path / "s1.json")])
     from bench.lowdata import main as lowdata_main
@@ -274,10 +276,19 @@ def test_realdata_low_data_trains_each_method_on_nested_shares_of_the_train_reco
     lowdata_main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json")])
     pooled = _load(results / "lowdata_lm_merged.json")
     assert pooled["seeds"] == [0, 1]
+    assert {(r["method"], r["fraction"]) for r in pooled["results"]} == {
+        ("no-edit", 1.0), ("SMEdit S=1 L2", 0.2), ("SMEdit S=1 L2", 0.5)}
     assert all(len(r["runs"]) == 2 and {"spec", "cf_efficacy"} <= set(r["mean"]) for r in pooled["results"])
-    with pytest.raises(SystemExit):
-        main(["--data", str(data), "--model-dir", str(tmp_path / "lm"), "--fractions", "0", "1"])
-    assert "--fractions" in capsys.readouterr().err
+    dev = json.loads((tmp_path / "s1.json").read_text()) | {"split": "dev"}
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    with pytest.raises(SystemExit):  # another split does not pool
+        lowdata_main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "dev.json")])
+    assert "split differs" in capsys.readouterr().err
+    for bad, says in ((["--fractions", "0", "1"], "--fractions"),
+                      (["--fractions", "0.5", "--batch-sizes", "1", "2"], "one --batch-sizes")):
+        with pytest.raises(SystemExit):
+            main(["--data", str(data), "--model-dir", str(tmp_path / "lm")] + bad)
+        assert says in capsys.readouterr().err
 
 
 def test_realdata_suite_takes_zsre_mend_data(tiny_setup, results, tmp_path):
