@@ -51,6 +51,9 @@ CANNOT_RUN = {
     "smedit export model --version 14 --out exports/v14-full --data-dir /srv/smedit": "paths of a production host",
     "SMEDIT_DATABASE_URL=postgresql+psycopg://smedit@db/": "a database host of a production network",
     "curl -s localhost:8000/readyz; curl -s localhost:8001/readyz": "two compose replicas",
+    "smedit tune --model MODEL": "a search of tens of minutes on the reader's own model and data; "
+                                 "tests/app/test_cli.py runs tune",
+    "smedit train-editor --model MODEL": "meta-training on the reader's own model and data; test_cli.py runs it",
 }
 # Commands that run and must answer exactly this (the docs show them in a state a fresh server
 # does not have), with why.
