@@ -288,3 +288,27 @@ def test_tune_searches_on_dev_writes_the_frontier_and_a_config_train_editor_take
                       (["--enqueue", str(recipe({"n_steps": 2, "meta_lr": 0.01}))], "meta_lr 0.01 differs")):
         result = runner.invoke(app, base + bad, env={"COLUMNS": "200"})
         assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_tune_search_space_trains_what_a_trial_draws_and_maps_a_recipe_back(tiny_model_dir: Path) -> None:
+    """The locality weight is searched with the locality norm and trains as drawn; a recipe read
+    back with params_of gives the same trial parameters (what --enqueue relies on)."""
+    import optuna
+
+    from editor_core.models import load_model
+    from smedit.commands.tune import SearchSpace
+
+    lm, _ = load_model(tiny_model_dir, device="cpu")
+    space = SearchSpace(layers=2, protect=True, l2_metric="search")
+    params = {"l2_metric": "locality", "locality_weight": 0.7, "n_steps": 3, "reg_coef": 5e-4, "rank": 32,
+              "layers": 2, "key_shrinkage": 0.005}
+    cfg = space.config(optuna.trial.FixedTrial(params), lm, max_steps=5, seed=0, batch=16, live_history=32)
+    assert (cfg.l2_metric, cfg.locality_weight, cfg.n_steps, cfg.rank, cfg.key_source) == (
+        "locality", 0.7, 3, 32, "corpus")
+    assert (cfg.live_weight, cfg.live_history, cfg.batch_sizes) == (1.0, 32, (1, 4, 16))
+    from dataclasses import asdict
+
+    assert space.params_of(asdict(cfg), lm) == params
+    frobenius = space.config(optuna.trial.FixedTrial({**params, "l2_metric": "frobenius"}), lm, 5, 0, 16)
+    assert frobenius.l2_metric == "frobenius" and frobenius.locality_weight == 0.5  # no weight drawn
+    assert "locality_weight" not in space.params_of(asdict(frobenius), lm)
